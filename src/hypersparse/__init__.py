@@ -1,0 +1,3 @@
+"""hypersparse: learning sparse neural networks in PyTorch."""
+
+__version__ = "0.1.0"

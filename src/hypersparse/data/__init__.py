@@ -1,0 +1,33 @@
+"""Datasets: the IDX reader, MNIST/Fashion-MNIST under the one split rule."""
+
+from .idx import IDXError, read_idx, write_idx
+from .mnist import (
+    Digits,
+    download_files,
+    fashion_mnist,
+    find_idx_dir,
+    mnist,
+    stratified_split,
+)
+
+__all__ = [
+    "IDXError",
+    "read_idx",
+    "write_idx",
+    "Digits",
+    "download_files",
+    "fashion_mnist",
+    "find_idx_dir",
+    "mnist",
+    "stratified_split",
+    "digits",
+]
+
+
+def digits(dataset: str, split: str, root: str | None = None) -> Digits:
+    """``digits("mnist" | "fashion", split)``: the dataset switch experiments use."""
+    if dataset == "mnist":
+        return mnist(split, root)  # type: ignore[arg-type]
+    if dataset in ("fashion", "fashion-mnist"):
+        return fashion_mnist(split, root)  # type: ignore[arg-type]
+    raise ValueError(f"dataset must be 'mnist' or 'fashion', got {dataset!r}")
