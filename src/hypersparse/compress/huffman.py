@@ -326,36 +326,38 @@ def huffman_decode(data: bytes | bytearray | memoryview, offset: int = 0, *,
     if (np.diff(starts) < 0).any() or int(starts[-1]) > total_bits:
         raise HuffmanError("block offsets are not increasing within the stream")
 
-    # decode table: canonical codes are consecutive left-aligned intervals
-    table_sym = np.repeat(values, np.left_shift(1, top - lens))
-    table_len = np.repeat(lens, np.left_shift(1, top - lens))
-    pad = (1 << top) - table_sym.size
-    if pad:  # incomplete code: unreachable prefixes decode to length 0 (caught below)
-        table_sym = np.concatenate([table_sym, np.zeros(pad, np.int64)])
-        table_len = np.concatenate([table_len, np.zeros(pad, np.int64)])
-    table_len = table_len.astype(np.int64)
+    # decode table: canonical codes are consecutive left-aligned intervals; one entry packs
+    # (symbol index << 8 | length) so each step does a single random gather
+    reps = np.left_shift(1, top - lens)
+    table = np.repeat((np.arange(m, dtype=np.uint64) << np.uint64(8)) | lens.astype(np.uint64),
+                      reps)
+    if table.size < (1 << top):  # incomplete code: unreachable prefixes have length 0
+        table = np.concatenate([table, np.zeros((1 << top) - table.size, np.uint64)])
 
-    # a big-endian 64-bit window at every byte offset (8 zero bytes of slack)
-    b = np.frombuffer(raw, dtype=np.uint8)
-    padded = np.concatenate([b, np.zeros(8, np.uint8)]).astype(np.uint64)
-    window = np.zeros(nbytes + 1, dtype=np.uint64)
-    for i in range(8):
-        window |= np.left_shift(padded[i : i + nbytes + 1], np.uint64(56 - 8 * i))
-
-    pos_bits = starts.astype(np.int64)  # (n_blocks,)
+    # a big-endian 64-bit window at every byte offset; the slack covers any overrun of a
+    # corrupt stream (at most steps * top bits past a block start)
     steps = min(block_size, n)
-    out = np.empty((n_blocks, steps), dtype=np.int64)
+    slack = (steps * top) // 8 + 16
+    b = np.frombuffer(raw, dtype=np.uint8)
+    padded = np.concatenate([b, np.zeros(slack + 8, np.uint8)]).astype(np.uint64)
+    size = nbytes + slack
+    window = np.zeros(size, dtype=np.uint64)
+    for i in range(8):
+        window |= np.left_shift(padded[i : i + size], np.uint64(56 - 8 * i))
+
+    pos_bits = starts.astype(np.uint64)  # (n_blocks,)
+    out = np.empty((steps, n_blocks), dtype=np.uint64)  # row j: symbol j of every block
     last = n - (n_blocks - 1) * block_size  # symbols in the last block
     last_end = -1
-    shift_out = np.uint64(64 - top)
+    shift_out, three, seven = np.uint64(64 - top), np.uint64(3), np.uint64(7)
+    low = np.uint64(0xFF)
     for j in range(steps):
-        byte = np.minimum(pos_bits >> 3, nbytes)
-        w = np.left_shift(window[byte], (pos_bits & 7).astype(np.uint64)) >> shift_out
-        idx = w.astype(np.int64)
-        out[:, j] = table_sym[idx]
-        pos_bits += table_len[idx]
+        w = np.left_shift(window[pos_bits >> three], pos_bits & seven) >> shift_out
+        e = np.take(table, w.astype(np.intp), out=out[j])
+        pos_bits += e & low
         if j == last - 1:
             last_end = int(pos_bits[-1])
+    pos_bits = pos_bits.astype(np.int64)
     ends = np.append(starts[1:], -1)
     ends_got = pos_bits.copy()
     ends_got[-1] = last_end
@@ -363,5 +365,5 @@ def huffman_decode(data: bytes | bytearray | memoryview, offset: int = 0, *,
         raise HuffmanError("corrupt stream: blocks do not end where the next begins")
     if last_end > total_bits or last_end <= total_bits - 8:
         raise HuffmanError("corrupt stream: bit count does not match the stream length")
-    symbols = out.reshape(-1)[:n]
+    symbols = values[(out.T.reshape(-1)[:n] >> np.uint64(8)).astype(np.intp)]  # (n,)
     return (symbols, pos) if return_end else symbols
