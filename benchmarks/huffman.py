@@ -16,11 +16,11 @@ import os
 import sys
 import tempfile
 
+import dahuffman
 import numpy as np
 import torch
-from harness import timeit, write_results
 
-import dahuffman
+from harness import timeit, write_results
 from hypersparse.compress import prune
 from hypersparse.compress.fileformat import compress_model
 from hypersparse.compress.huffman import huffman_decode, huffman_encode
