@@ -418,3 +418,26 @@ def test_bad_arguments_raise() -> None:
                          scope="everything")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="terminator"):
         P.unpack_mask(torch.zeros(2, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.Adam, torch.optim.SGD])
+def test_stale_momentum_cannot_move_pruned_weights(opt_cls: type) -> None:
+    net = mlp()
+    opt = opt_cls(net.parameters(), lr=0.1, **({"momentum": 0.9} if opt_cls is torch.optim.SGD
+                                               else {}))
+    x, y = torch.randn(32, 12), torch.randint(0, 3, (32,))
+    for step in range(4):
+        if step == 2:  # prune mid-training: the optimizer holds momentum for every entry
+            P.magnitude_prune(net[0], amount=0.6)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        if step >= 2:  # right after the step, before any forward
+            assert bool((net[0].weight[~net[0].weight_mask] == 0).all())
+    copy_ = copy.deepcopy(net)  # a copy's new parameters are tracked too (at its first forward)
+    opt2 = opt_cls(copy_.parameters(), lr=0.1)
+    copy_(x).sum().backward()
+    with torch.no_grad():
+        copy_[0].weight.add_(1.0)
+    opt2.step()
+    assert bool((copy_[0].weight[~copy_[0].weight_mask] == 0).all())

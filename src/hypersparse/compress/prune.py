@@ -7,7 +7,10 @@ an optimizer built before pruning keeps working; next to it lives a bool buffer
 - a forward pre-hook zeroes the pruned entries in place before every forward, so the forward
   always computes with the pruned weight;
 - a gradient hook (re-attached lazily after ``deepcopy``/unpickling, which drop tensor hooks)
-  zeroes the gradient of pruned entries, so they receive no update from a fresh optimizer;
+  zeroes the gradient of pruned entries, and a process-wide optimizer step post-hook
+  (``torch.optim.optimizer.register_optimizer_step_post_hook``, registered at the first
+  pruning) zeroes them again after every ``optimizer.step()``, so stale momentum cannot move
+  them: pruned weights are exactly zero after every step;
 - ``state_dict`` hooks store the tensor compactly: the kept values (1-d) plus the mask packed
   eight positions per byte (with one terminator bit per row, so the shape is recoverable
   without the module). When that is not smaller, the dense tensor is stored and the mask is
@@ -18,8 +21,6 @@ an optimizer built before pruning keeps working; next to it lives a bool buffer
 :func:`remove`, which makes pruning permanent (plain parameter, no buffer, no hooks).
 
 Masks are cumulative: pruning an already pruned tensor ANDs the new mask into the old one.
-Optimizer state from before pruning (momentum) can still move pruned entries at the next step;
-the forward never sees it (they are zeroed first), and after one forward they are zero again.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = [
     "apply_mask",
@@ -136,6 +138,40 @@ class _GradMask:
         return grad.masked_fill(~mask, 0)
 
 
+# Pruned parameters, by id: (param ref, module ref, name). A process-wide optimizer step
+# post-hook (registered at the first pruning) re-zeroes their pruned entries after every
+# ``optimizer.step()``, so stale optimizer state (momentum, Adam moments from before pruning)
+# cannot move them either.
+_TRACKED: dict[int, tuple[weakref.ref[Tensor], weakref.ref[nn.Module], str]] = {}
+_STEP_HOOK: list[Any] = []
+
+
+def _after_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    if not _TRACKED:
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            entry = _TRACKED.get(id(p))
+            if entry is None or entry[0]() is not p:
+                continue
+            module = entry[1]()
+            mask = None if module is None else module._buffers.get(entry[2] + MASK_SUFFIX)
+            if mask is not None:
+                with torch.no_grad():
+                    p.masked_fill_(~mask, 0)  # type: ignore[union-attr]
+
+
+def _track(param: Tensor, module: nn.Module, name: str) -> None:
+    entry = _TRACKED.get(id(param))
+    if entry is not None and entry[0]() is param and entry[1]() is module:
+        return
+    for key in [k for k, v in _TRACKED.items() if v[0]() is None or v[1]() is None]:
+        del _TRACKED[key]  # forget collected parameters
+    _TRACKED[id(param)] = (weakref.ref(param), weakref.ref(module), name)
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_after_step))
+
+
 def _grad_hooked(param: Tensor) -> bool:
     hooks = getattr(param, "_backward_hooks", None) or {}
     return any(isinstance(h, _GradMask) for h in hooks.values())
@@ -157,6 +193,7 @@ class _ForwardPreHook:
         param.data.masked_fill_(~mask, 0)
         if param.requires_grad and not _grad_hooked(param):
             param.register_hook(_GradMask(module, self.name))
+            _track(param, module, self.name)
 
 
 class _StateDictHook:
@@ -295,6 +332,7 @@ def apply_mask(module: nn.Module, name: str, mask: Tensor) -> nn.Module:
         module.register_load_state_dict_pre_hook(_LoadStateDictPreHook(name))
         if param.requires_grad:
             param.register_hook(_GradMask(module, name))
+    _track(param, module, name)
     with torch.no_grad():
         param.masked_fill_(~module._buffers[name + MASK_SUFFIX], 0)  # type: ignore[operator]
     return module
@@ -318,6 +356,7 @@ def remove(module: nn.Module, name: str = "weight") -> nn.Module:
     grad_hooks = getattr(param, "_backward_hooks", None) or {}
     for hid in [k for k, h in grad_hooks.items() if isinstance(h, _GradMask)]:
         del grad_hooks[hid]
+    _TRACKED.pop(id(param), None)
     return module
 
 
