@@ -225,3 +225,17 @@ def test_cli_checkpoint_file_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
         load_source(tmp_path)  # a directory without config.json
     with pytest.raises(FileNotFoundError):
         load_source(tmp_path / "nope.pt")
+
+
+def test_cluster_bits_is_lossy_but_keeps_sparsity(tmp_path: Path) -> None:
+    pytest.importorskip("hypersparse.compress.cluster")  # issue 14's k-means
+    net = lenet300()
+    prune.global_magnitude_prune(net, 0.9)
+    lossless = compress_model(net, tmp_path / "a.hsz")
+    lossy = compress_model(net, tmp_path / "b.hsz", cluster_bits=4)
+    assert lossy.file_bytes < lossless.file_bytes / 3
+    sd, _ = decompress(tmp_path / "b.hsz")
+    for i in (1, 3, 5):
+        w = sd[f"{i}.weight"]
+        assert torch.equal(w != 0, net[i].weight_mask)
+        assert w[w != 0].unique().numel() <= 16

@@ -248,6 +248,10 @@ def _header(name: str, kind: int, dtype: torch.dtype, shape: tuple[int, ...]) ->
             len(shape)) + struct.pack(f"<{len(shape)}I", *shape))
 
 
+def _is_weight(t: Tensor) -> bool:
+    return t.is_floating_point() and t.dim() >= 2 and t.numel() > 0
+
+
 def _expand_compact(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Pruned entries in :mod:`.prune`'s compact form -> dense tensor + bool mask."""
     sd = dict(state_dict)
@@ -324,6 +328,9 @@ def encode_state_dict(
     meta = json.dumps(dict(metadata or {}), sort_keys=True).encode("utf-8")
     groups = _shared_groups(sd)
     grouped = {k for keys in groups.values() for k in keys}
+    if cluster_bits is not None:
+        sd = {k: _cluster(v.detach().cpu(), cluster_bits) if _is_weight(v) and k not in grouped
+              else v for k, v in sd.items()}
     records: list[bytes] = []
     infos: list[RecordInfo] = []
     done: set[str] = set()
@@ -347,14 +354,12 @@ def encode_state_dict(
         shape = tuple(t.shape)
         source = key[: -len(MASK_SUFFIX)] if key.endswith(MASK_SUFFIX) else None
         if t.dtype == torch.bool and source in sd and sd[source].shape == t.shape and \
-                bool(torch.equal(sd[source].detach().cpu() != 0, t)) and cluster_bits is None:
+                bool(torch.equal(sd[source].detach().cpu() != 0, t)):
             raw = source.encode("utf-8")
             rec = _header(key, DERIVED, t.dtype, shape) + struct.pack("<H", len(raw)) + raw
             infos.append(RecordInfo(key, "derived", shape, int(t.sum()), "none", "none",
                                     len(rec)))
-        elif t.is_floating_point() and t.dim() >= 2 and t.numel() > 0:
-            if cluster_bits is not None:
-                t = _cluster(t, cluster_bits)
+        elif _is_weight(t):
             cands = _coded_candidates(t, _bits_for(shape, bits), max_codebook)
             body, layout, values = min(cands, key=lambda c: len(c[0]))
             rec = _header(key, CODED, t.dtype, shape) + body
