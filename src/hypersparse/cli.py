@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Subcommands added by other modules register here: name -> (configure parser, handler).
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+COMMANDS: dict[
+    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+] = {}
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -28,8 +30,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds) if args.seeds else None
     run_dir = run_experiment(
-        args.name, args.set, seeds=seeds, out=args.out, resume=args.resume,
-        device=args.device, progress=not args.quiet,
+        args.name,
+        args.set,
+        seeds=seeds,
+        out=args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
@@ -54,8 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an experiment")
     p.add_argument("name", help="experiment name (see `hypersparse list`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted, repeatable); preset=NAME applies first")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, repeatable); preset=NAME applies first",
+    )
     p.add_argument("--seeds", help="run several seeds, e.g. 0-4 or 1,3,7, and aggregate")
     p.add_argument("--out", help="run directory (default runs/NAME-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -76,8 +76,11 @@ def parse_seeds(text: str) -> list[int]:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -252,8 +255,15 @@ def _default_out(name: str) -> Path:
 
 
 def _run_one(
-    exp: Any, config: Any, preset: str | None, run_dir: Path, seed: int, device: torch.device,
-    resume: bool, progress: bool, assignments: Sequence[str],
+    exp: Any,
+    config: Any,
+    preset: str | None,
+    run_dir: Path,
+    seed: int,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    assignments: Sequence[str],
 ) -> dict[str, Any]:
     config_path = run_dir / "config.json"
     if config_path.exists() and not resume:
@@ -264,12 +274,19 @@ def _run_one(
             raise ValueError(f"--resume: the config differs from the one saved in {config_path}")
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    ctx = RunContext(run_dir=run_dir, config=config, seed=seed, device=device, resume=resume,
-                     progress=progress)
+    ctx = RunContext(
+        run_dir=run_dir, config=config, seed=seed, device=device, resume=resume, progress=progress
+    )
     if ctx.is_main:
-        atomic_write_json(config_path, {"experiment": exp.name, "preset": preset,
-                                        "overrides": list(assignments),
-                                        "config": config_to_dict(config)})
+        atomic_write_json(
+            config_path,
+            {
+                "experiment": exp.name,
+                "preset": preset,
+                "overrides": list(assignments),
+                "config": config_to_dict(config),
+            },
+        )
         atomic_write_json(run_dir / "env.json", environment(device))
     try:
         summary = dict(exp.run(config, ctx))
@@ -319,8 +336,9 @@ def run_experiment(
     summaries = {}
     for s in seeds:
         cfg = apply_overrides(config, {"seed": s})
-        summaries[s] = _run_one(exp, cfg, preset, run_dir / f"seed-{s}", s, dev, resume, progress,
-                                assignments)
+        summaries[s] = _run_one(
+            exp, cfg, preset, run_dir / f"seed-{s}", s, dev, resume, progress, assignments
+        )
     atomic_write_json(run_dir / "summary.json", aggregate_summaries(summaries))
     return run_dir
 
@@ -335,16 +353,23 @@ def evaluate_run(run_dir: str | os.PathLike[str], device: str = "auto") -> dict[
         seed_dirs = sorted(run_dir.glob("seed-*/config.json"))
         if not seed_dirs:
             raise FileNotFoundError(f"{run_dir} holds no config.json (not a run directory)")
-        results = {int(p.parent.name.split("-")[1]): evaluate_run(p.parent, device)
-                   for p in seed_dirs}
+        results = {
+            int(p.parent.name.split("-")[1]): evaluate_run(p.parent, device) for p in seed_dirs
+        }
         agg = aggregate_summaries(results)
         atomic_write_json(run_dir / "eval.json", agg)
         return agg
     saved = json.loads(config_path.read_text())
     exp = get_experiment(saved["experiment"])()
     config = config_from_dict(type(exp).Config, saved["config"])
-    ctx = RunContext(run_dir=run_dir, config=config, seed=config.seed,
-                     device=resolve_device(device), resume=True, progress=False)
+    ctx = RunContext(
+        run_dir=run_dir,
+        config=config,
+        seed=config.seed,
+        device=resolve_device(device),
+        resume=True,
+        progress=False,
+    )
     try:
         result = dict(exp.evaluate(config, ctx))
     finally:

@@ -186,7 +186,9 @@ class SyntheticBatches:
         return self._len
 
     def batch(self, epoch: int, index: int) -> Batch:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "synthetic", self.rank, epoch, index))
+        g = torch.Generator().manual_seed(
+            derive_seed(self.seed, "synthetic", self.rank, epoch, index)
+        )
         return self.make(self.batch_size, g)
 
 
@@ -336,13 +338,17 @@ def fit(
         if state["best"] is None or better(value, state["best"]):
             state["best"], state["best_step"] = value, step
             if ctx.is_main:
-                save_checkpoint({"model": model.state_dict(), "step": step, select: value}, best_path)
+                save_checkpoint(
+                    {"model": model.state_dict(), "step": step, select: value}, best_path
+                )
         return metrics
 
     from tqdm.auto import tqdm
 
     model.train()
-    pbar = tqdm(total=total, initial=state["step"], desc=stage, disable=not ctx.progress, leave=False)
+    pbar = tqdm(
+        total=total, initial=state["step"], desc=stage, disable=not ctx.progress, leave=False
+    )
     window: dict[str, float] = {}
     window_n = 0
     consistent = True
@@ -357,7 +363,7 @@ def fit(
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
             out = loss_fn(model, batch)
-            loss, extra = (out if isinstance(out, tuple) else (out, {}))
+            loss, extra = out if isinstance(out, tuple) else (out, {})
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage!r}: loss is {loss.item()} at step {step}")
             consistent = False
@@ -377,8 +383,16 @@ def fit(
             metrics: dict[str, float] = {}
             if step % config.log_every == 0 or step == total:
                 metrics = {k: v / window_n for k, v in window.items()}
-                ctx.log({"stage": stage, "split": "train", "step": step,
-                         "epoch": step / steps_per_epoch, "lr": base_lrs[0] * factor, **metrics})
+                ctx.log(
+                    {
+                        "stage": stage,
+                        "split": "train",
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "lr": base_lrs[0] * factor,
+                        **metrics,
+                    }
+                )
                 pbar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
                 state["last_metrics"] = metrics
                 window, window_n = {}, 0
