@@ -1,18 +1,17 @@
-"""The ``hypersparse`` command: ``list``, ``run``, ``eval``."""
+"""The ``hypersparse`` command: ``list``, ``run``, ``eval``, ``report`` and plug-in commands."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "PLUGINS"]
 
-# Subcommands added by other modules register here: name -> (configure parser, handler).
-COMMANDS: dict[
-    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-] = {}
+# Modules that add subcommands through their ``add_commands(subparsers)``.
+PLUGINS = ("hypersparse.report",)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -80,10 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_eval)
 
-    for name, (configure, handler) in COMMANDS.items():
-        p = sub.add_parser(name)
-        configure(p)
-        p.set_defaults(func=handler)
+    for module in PLUGINS:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
