@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import toy  # noqa: F401  (registers the "toy" experiment)
 
+import toy  # noqa: F401  (registers the "toy" experiment)
 from hypersparse.cli import main
 from hypersparse.plotting import figure
 from hypersparse.report import differing_config, load_run, write_report
