@@ -20,6 +20,9 @@ class ToyConfig:
     width: int = 16
     interrupt_at: int | None = None
     crash_at: int | None = None
+    dropout: float = 0.2
+    noise: float = 0.01
+    rng_log: str | None = None
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=3, batch_size=8, lr=0.01, log_every=1)
     )
@@ -32,8 +35,13 @@ def _make(batch_size: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
 
 def _model(config: ToyConfig) -> nn.Module:
     torch.manual_seed(config.seed)
+    if config.width == 0:  # a convex variant: input dropout + linear regression
+        return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(4, 1))
     return nn.Sequential(
-        nn.Linear(4, config.width), nn.ReLU(), nn.Dropout(0.2), nn.Linear(config.width, 1)
+        nn.Linear(4, config.width),
+        nn.ReLU(),
+        nn.Dropout(config.dropout),
+        nn.Linear(config.width, 1),
     )
 
 
@@ -52,8 +60,11 @@ class Toy(Experiment):
 
         def loss(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             x, y = batch
-            noise = torch.randn_like(y) * 0.01  # global RNG, reseeded per step by the loop
-            return F.mse_loss(m(x), y + noise)
+            noise = torch.randn_like(y)  # global RNG, reseeded per step by the loop
+            if config.rng_log:
+                with open(f"{config.rng_log}.rank{ctx.rank}", "a") as f:
+                    f.write(f"{noise[0].item():.8f}\n")
+            return F.mse_loss(m(x), y + config.noise * noise)
 
         def interrupt(step: int, m: nn.Module, metrics: dict[str, float]) -> None:
             if step == config.interrupt_at:
@@ -61,8 +72,13 @@ class Toy(Experiment):
             if step == config.crash_at:
                 raise RuntimeError("simulated crash")
 
-        ctx.fit(model, loss, src, config=config.train, validate=validate, callbacks=[interrupt])
-        return self.evaluate(config, ctx, model)
+        result = ctx.fit(
+            model, loss, src, config=config.train, validate=validate, callbacks=[interrupt]
+        )
+        return {
+            **self.evaluate(config, ctx, model),
+            "final_train_loss": result.last_metrics["loss"],
+        }
 
     def evaluate(
         self, config: ToyConfig, ctx: RunContext, model: nn.Module | None = None

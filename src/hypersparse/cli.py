@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,9 +38,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
     )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(json.dumps(summary, indent=2))
-    print(f"run directory: {run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(json.dumps(summary, indent=2))
+        print(f"run directory: {run_dir}")
     return 0
 
 

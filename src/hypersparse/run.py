@@ -52,6 +52,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
 
 
+def _distributed(device: str) -> tuple[int, int, torch.device, bool]:
+    """Rank, world size, device and whether this call created the process group.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) joins the group: gloo on CPU, nccl on CUDA (one GPU
+    per local rank).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        return 0, 1, dev, False
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev, created
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"1,3,7"`` -> [1, 3, 7]; ``"2"`` -> [2]."""
     seeds: list[int] = []
@@ -264,6 +293,8 @@ def _run_one(
     resume: bool,
     progress: bool,
     assignments: Sequence[str],
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Any]:
     config_path = run_dir / "config.json"
     if config_path.exists() and not resume:
@@ -272,10 +303,18 @@ def _run_one(
         saved = json.loads(config_path.read_text())
         if saved["config"] != json.loads(json.dumps(config_to_dict(config))):
             raise ValueError(f"--resume: the config differs from the one saved in {config_path}")
+    _barrier(world)  # every rank has checked before rank 0 writes
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     ctx = RunContext(
-        run_dir=run_dir, config=config, seed=seed, device=device, resume=resume, progress=progress
+        run_dir=run_dir,
+        config=config,
+        seed=seed,
+        device=device,
+        resume=resume,
+        progress=progress,
+        rank=rank,
+        world_size=world,
     )
     if ctx.is_main:
         atomic_write_json(
@@ -324,23 +363,56 @@ def run_experiment(
 
     exp = get_experiment(name)()
     config, preset = resolve_config(type(exp), assignments)
-    dev = resolve_device(device)
     if resume and out is None:
         raise ValueError("--resume needs --out DIR (the run to continue)")
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun, pass --out DIR (every rank must agree on it)")
     run_dir = Path(out) if out is not None else _default_out(name)
-    if seeds is None or len(seeds) == 1:
-        if seeds:
-            config = apply_overrides(config, {"seed": seeds[0]})
-        _run_one(exp, config, preset, run_dir, config.seed, dev, resume, progress, assignments)
+    rank, world, dev, created = _distributed(device)
+    try:
+        if seeds is None or len(seeds) == 1:
+            if seeds:
+                config = apply_overrides(config, {"seed": seeds[0]})
+            _run_one(
+                exp,
+                config,
+                preset,
+                run_dir,
+                config.seed,
+                dev,
+                resume,
+                progress,
+                assignments,
+                rank,
+                world,
+            )
+            _barrier(world)
+            return run_dir
+        summaries = {}
+        for s in seeds:
+            cfg = apply_overrides(config, {"seed": s})
+            summaries[s] = _run_one(
+                exp,
+                cfg,
+                preset,
+                run_dir / f"seed-{s}",
+                s,
+                dev,
+                resume,
+                progress,
+                assignments,
+                rank,
+                world,
+            )
+        if rank == 0:
+            atomic_write_json(run_dir / "summary.json", aggregate_summaries(summaries))
+        _barrier(world)
         return run_dir
-    summaries = {}
-    for s in seeds:
-        cfg = apply_overrides(config, {"seed": s})
-        summaries[s] = _run_one(
-            exp, cfg, preset, run_dir / f"seed-{s}", s, dev, resume, progress, assignments
-        )
-    atomic_write_json(run_dir / "summary.json", aggregate_summaries(summaries))
-    return run_dir
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], device: str = "auto") -> dict[str, Any]:
