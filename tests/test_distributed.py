@@ -59,13 +59,16 @@ FIXED = [
 ]
 
 
-def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path) -> None:
-    one = run_experiment("toy", FIXED, out=tmp_path / "one", progress=False)
-    torchrun([*(f"--set={a}" for a in FIXED), "--out", str(tmp_path / "two")])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_two_processes_match_one_on_the_same_global_batch(tmp_path: Path, sparse: bool) -> None:
+    sets = [*FIXED, f"sparse={sparse}", "fixed_sampling=true"]
+    one = run_experiment("toy", sets, out=tmp_path / "one", progress=False)
+    torchrun([*(f"--set={a}" for a in sets), "--out", str(tmp_path / "two")])
     a, b = _params(one), _params(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
-    assert not torch.equal(a["0.weight"], toy._model(toy.ToyConfig())[0].weight)  # it trained
+    init = toy._model(toy.ToyConfig(sparse=sparse)).state_dict()
+    assert not all(torch.equal(a[k], init[k]) for k in a)  # it trained
     assert not (tmp_path / "two" / "seed-0").exists()
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["width"] == 16
 

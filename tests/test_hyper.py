@@ -27,8 +27,9 @@ from hypersparse.nn import Connections, HyperLayer, SparseLayer
 # ----------------------------------------------------------------------------- references
 
 
-def dense_contract(x: Tensor, out_idx: Tensor, in_idx: Tensor, w: Tensor, m: int,
-                   batch: Tensor | None) -> Tensor:
+def dense_contract(
+    x: Tensor, out_idx: Tensor, in_idx: Tensor, w: Tensor, m: int, batch: Tensor | None
+) -> Tensor:
     b, n = x.shape
     if batch is None:
         dense = torch.zeros(m, n, dtype=x.dtype)
@@ -39,8 +40,9 @@ def dense_contract(x: Tensor, out_idx: Tensor, in_idx: Tensor, w: Tensor, m: int
     return torch.einsum("bmn,bn->bm", dense, x)
 
 
-def naive_point_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,
-                        learn: list[int]) -> Tensor:
+def naive_point_weights(
+    points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor, learn: list[int]
+) -> Tensor:
     """Python loops: first copy of each distinct point gets sum_k v_k N_k(p) / Z_k."""
     pts = [tuple(p) for p in points.tolist()]
     seen: set[tuple[int, ...]] = set()
@@ -55,8 +57,10 @@ def naive_point_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: T
         for j, p in enumerate(pts):
             if not first[j] or any(p[c] != round(float(means[k, c])) for c in fixed):
                 continue
-            e = sum(((p[c] - float(means[k, c])) / float(sigmas[k, i])) ** 2
-                    for i, c in enumerate(learn))
+            e = sum(
+                ((p[c] - float(means[k, c])) / float(sigmas[k, i])) ** 2
+                for i, c in enumerate(learn)
+            )
             dens[k, j] = math.exp(-0.5 * e)
     z = dens.sum(1, keepdim=True)
     return (values.double().unsqueeze(1) * dens / z).sum(0)
@@ -80,23 +84,31 @@ def test_contract_gradcheck(batched: bool) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(b=st.integers(0, 4), n=st.integers(1, 7), m=st.integers(1, 7), p=st.integers(0, 20),
-       batched=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    b=st.integers(0, 4),
+    n=st.integers(1, 7),
+    m=st.integers(1, 7),
+    p=st.integers(0, 20),
+    batched=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_contract_matches_dense(b: int, n: int, m: int, p: int, batched: bool, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, n, generator=g)
     w = torch.randn(p, generator=g)
     oi, ii = torch.randint(0, m, (p,), generator=g), torch.randint(0, n, (p,), generator=g)
     bt = torch.randint(0, max(b, 1), (p,), generator=g) if batched and b else None
-    torch.testing.assert_close(sparse_contract(x, oi, ii, w, m, bt),
-                               dense_contract(x, oi, ii, w, m, bt))
+    torch.testing.assert_close(
+        sparse_contract(x, oi, ii, w, m, bt), dense_contract(x, oi, ii, w, m, bt)
+    )
 
 
 def test_contract_non_contiguous_and_bad_input() -> None:
     x = torch.randn(5, 4).T  # (4, 5), non-contiguous
     oi, ii, w = torch.tensor([0, 2]), torch.tensor([4, 1]), torch.tensor([1.0, -2.0])
-    torch.testing.assert_close(sparse_contract(x, oi, ii, w, 3),
-                               dense_contract(x, oi, ii, w, 3, None))
+    torch.testing.assert_close(
+        sparse_contract(x, oi, ii, w, 3), dense_contract(x, oi, ii, w, 3, None)
+    )
     with pytest.raises(ValueError, match="shape"):
         sparse_contract(torch.randn(5), oi, ii, w, 3)
     with pytest.raises(TypeError, match="int64"):
@@ -119,17 +131,25 @@ def test_bounds_and_sigma_convention() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(sizes=st.lists(st.integers(1, 9), min_size=1, max_size=4), k=st.integers(1, 5),
-       g=st.integers(0, 5), loc=st.integers(0, 5), seed=st.integers(0, 1000), data=st.data())
-def test_samples_in_bounds(sizes: list[int], k: int, g: int, loc: int, seed: int,
-                           data: st.DataObject) -> None:
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    k=st.integers(1, 5),
+    g=st.integers(0, 5),
+    loc=st.integers(0, 5),
+    seed=st.integers(0, 1000),
+    data=st.data(),
+)
+def test_samples_in_bounds(
+    sizes: list[int], k: int, g: int, loc: int, seed: int, data: st.DataObject
+) -> None:
     r = len(sizes)
     learn = data.draw(st.lists(st.integers(0, r - 1), unique=True, max_size=r))
     region = [data.draw(st.integers(1, sizes[c])) for c in learn]
     gen = torch.Generator().manual_seed(seed)
     means = torch.rand(2, k, r, generator=gen) * (torch.tensor(sizes) - 1)
-    pts = sample_points(means, sizes, learn, global_samples=g, local_samples=loc, region=region,
-                        generator=gen)
+    pts = sample_points(
+        means, sizes, learn, global_samples=g, local_samples=loc, region=region, generator=gen
+    )
     s = 2 ** len(learn) + g + loc if learn else 1
     assert pts.shape == (2, k, s, r) and pts.dtype == torch.long
     assert (pts >= 0).all() and (pts < torch.tensor(sizes)).all()
@@ -143,8 +163,9 @@ def test_samples_in_bounds(sizes: list[int], k: int, g: int, loc: int, seed: int
 
 
 def test_corners_are_floor_and_ceil() -> None:
-    pts = sample_points(torch.tensor([[2.3, 7.6]]), [10, 10], [0, 1], global_samples=0,
-                        local_samples=0)
+    pts = sample_points(
+        torch.tensor([[2.3, 7.6]]), [10, 10], [0, 1], global_samples=0, local_samples=0
+    )
     assert sorted(map(tuple, pts[0].tolist())) == [(2, 7), (2, 8), (3, 7), (3, 8)]
 
 
@@ -167,9 +188,14 @@ def test_sampling_bad_region() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2**20 - 1), st.integers(0, 2**20 - 1),
-                          st.integers(0, 2**20 - 1)), min_size=0, max_size=40),
-       st.integers(0, 1000))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**20 - 1), st.integers(0, 2**20 - 1), st.integers(0, 2**20 - 1)),
+        min_size=0,
+        max_size=40,
+    ),
+    st.integers(0, 1000),
+)
 def test_duplicates_removed_exactly_high_rank(pts: list[tuple[int, int, int]], seed: int) -> None:
     rnd = random.Random(seed)
     pts = pts + [rnd.choice(pts) for _ in range(len(pts) // 2)] if pts else pts
@@ -221,13 +247,15 @@ def test_point_weights_gradcheck() -> None:
     pts = sample_points(means, [6, 6], [0, 1], generator=g).flatten(1, 2)
     keep = first_occurrence(linear_index(pts, [6, 6]))
     assert torch.autograd.gradcheck(
-        lambda m, s, v: point_weights(pts, keep, m, s, v, [0, 1]), (means, sig, vals))
+        lambda m, s, v: point_weights(pts, keep, m, s, v, [0, 1]), (means, sig, vals)
+    )
 
 
 def test_point_weights_tiny_sigma_no_nan() -> None:
     pts = torch.tensor([[0, 0], [5, 5]])
-    w = point_weights(pts, None, torch.tensor([[0.4, 0.4]]), torch.full((1, 2), 1e-4),
-                      torch.ones(1), [0, 1])
+    w = point_weights(
+        pts, None, torch.tensor([[0.4, 0.4]]), torch.full((1, 2), 1e-4), torch.ones(1), [0, 1]
+    )
     assert torch.isfinite(w).all() and w[0] == 1.0
 
 
@@ -238,10 +266,17 @@ shapes = st.lists(st.integers(1, 5), min_size=1, max_size=2).map(tuple)
 
 
 @settings(max_examples=25, deadline=None)
-@given(in_shape=shapes, out_shape=shapes, k=st.integers(1, 12), b=st.integers(0, 3),
-       bias=st.booleans(), seed=st.integers(0, 1000))
-def test_eval_equals_to_sparse_dense(in_shape: tuple[int, ...], out_shape: tuple[int, ...],
-                                     k: int, b: int, bias: bool, seed: int) -> None:
+@given(
+    in_shape=shapes,
+    out_shape=shapes,
+    k=st.integers(1, 12),
+    b=st.integers(0, 3),
+    bias=st.booleans(),
+    seed=st.integers(0, 1000),
+)
+def test_eval_equals_to_sparse_dense(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...], k: int, b: int, bias: bool, seed: int
+) -> None:
     torch.manual_seed(seed)
     region = min(in_shape + out_shape)
     layer = SparseLayer(in_shape, out_shape, k, region=region, bias=bias).eval()
@@ -258,8 +293,9 @@ def test_eval_equals_to_sparse_dense(in_shape: tuple[int, ...], out_shape: tuple
 
 
 @pytest.mark.parametrize("in_shape,out_shape", [((6,), (5,)), ((3, 4), (2, 3)), ((2, 3, 2), (4,))])
-def test_training_output_equals_dense_reference(in_shape: tuple[int, ...],
-                                                out_shape: tuple[int, ...]) -> None:
+def test_training_output_equals_dense_reference(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> None:
     layer = SparseLayer(in_shape, out_shape, 7, region=2)
     x = torch.randn((4,) + in_shape)
     conn = layer.connections(x, generator=torch.Generator().manual_seed(5))
@@ -409,8 +445,9 @@ def test_hyperlayer_adaptive() -> None:
     layer.generator = torch.Generator().manual_seed(1)
     conn = layer.connections(x, generator=torch.Generator().manual_seed(1))
     dense = torch.zeros(3, 5, 5)
-    dense.index_put_((conn.batch, conn.indices[:, 0], conn.indices[:, 1]),
-                     conn.weights.detach(), accumulate=True)
+    dense.index_put_(
+        (conn.batch, conn.indices[:, 0], conn.indices[:, 1]), conn.weights.detach(), accumulate=True
+    )
     torch.testing.assert_close(layer(x), torch.einsum("bmn,bn->bm", dense, x))
     # each instance's weights sum to its values: contexts are per instance
     per_inst = torch.zeros(3).index_add_(0, conn.batch, conn.weights.detach())

@@ -23,6 +23,8 @@ class ToyConfig:
     dropout: float = 0.2
     noise: float = 0.01
     rng_log: str | None = None
+    sparse: bool = False  # a SparseLayer first layer (sampled connections)
+    fixed_sampling: bool = False  # the same sampled connections on every rank (for tests)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=3, batch_size=8, lr=0.01, log_every=1)
     )
@@ -37,6 +39,11 @@ def _model(config: ToyConfig) -> nn.Module:
     torch.manual_seed(config.seed)
     if config.width == 0:  # a convex variant: input dropout + linear regression
         return nn.Sequential(nn.Dropout(config.dropout), nn.Linear(4, 1))
+    if config.sparse:
+        from hypersparse.nn import SparseLayer
+
+        first: nn.Module = SparseLayer(4, config.width, k=2 * config.width)
+        return nn.Sequential(first, nn.ReLU(), nn.Linear(config.width, 1))
     return nn.Sequential(
         nn.Linear(4, config.width),
         nn.ReLU(),
@@ -58,8 +65,15 @@ class Toy(Experiment):
         def validate(m: nn.Module) -> dict[str, float]:
             return {"val_loss": float(F.mse_loss(m(vx), vy))}
 
+        calls = [0]
+
         def loss(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
             x, y = batch
+            if config.fixed_sampling:
+                calls[0] += 1
+                for mod in m.modules():
+                    if hasattr(mod, "generator"):
+                        mod.generator = torch.Generator().manual_seed(calls[0])
             noise = torch.randn_like(y)  # global RNG, reseeded per step by the loop
             if config.rng_log:
                 with open(f"{config.rng_log}.rank{ctx.rank}", "a") as f:
