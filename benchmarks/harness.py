@@ -34,8 +34,9 @@ RESULTS = ROOT / "results"
 __all__ = ["timeit", "peak_rss", "write_results", "machine", "ROOT", "RESULTS"]
 
 
-def timeit(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3,
-           min_time: float = 0.0) -> dict[str, float]:
+def timeit(
+    fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3, min_time: float = 0.0
+) -> dict[str, float]:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones (at least ``min_time``
     seconds in total). Returns median, min, mean and interquartile range in seconds."""
     for _ in range(warmup):
@@ -76,9 +77,17 @@ def peak_rss(code: str, *, timeout: float = 600, env: dict[str, str] | None = No
         path = f.name
     try:
         out = subprocess.run(
-            [sys.executable, path], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
-                [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])},
+            [sys.executable, path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={
+                **os.environ,
+                **(env or {}),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
+                ),
+            },
         )
     finally:
         os.unlink(path)
@@ -105,13 +114,15 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     """Write ``results/<name>.json`` atomically with the machine description attached."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine(),
-               "measured": time.strftime("%Y-%m-%d"), **data}
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "measured": time.strftime("%Y-%m-%d"),
+        **data,
+    }
     fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
     return path
-
-

@@ -1,1 +1,3 @@
 """hypersparse.functional."""
+from .contract import *  # noqa: F401, F403
+from .hyper import *  # noqa: F401, F403

@@ -1,1 +1,2 @@
 """hypersparse.nn."""
+from .hyper import *  # noqa: F401, F403
