@@ -1,6 +1,7 @@
 """``hypersparse compress`` and ``hypersparse decompress``.
 
-Wire into the main CLI with ``add_commands(subparsers)`` (or ``register(COMMANDS)``).
+Wired into the main CLI by listing ``"hypersparse.compress.cli"`` in ``hypersparse.cli.PLUGINS``
+(it calls :func:`add_commands`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor
 from ..io import load_checkpoint, save_checkpoint
 from .fileformat import compress_state_dict, decompress
 
-__all__ = ["add_commands", "register", "cmd_compress", "cmd_decompress", "load_source"]
+__all__ = ["add_commands", "cmd_compress", "cmd_decompress", "load_source"]
 
 
 def load_source(source: str | os.PathLike[str], stage: str | None = None,
@@ -121,8 +122,3 @@ def add_commands(subparsers: Any) -> None:
         configure(p)
         p.set_defaults(func=handler)
 
-
-def register(commands: dict[str, Any]) -> None:
-    """Add both commands to ``hypersparse.cli.COMMANDS`` (``name -> (configure, handler)``)."""
-    for name, (configure, handler, _) in _COMMANDS.items():
-        commands[name] = (configure, handler)
