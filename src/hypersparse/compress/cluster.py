@@ -37,12 +37,12 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrize, skip_init
 
 __all__ = [
     "kmeans1d",
@@ -53,6 +53,10 @@ __all__ = [
     "export_shared",
     "sharing_report",
     "SharingLayerReport",
+    "safe_deepcopy",
+    "base_type",
+    "weight_of",
+    "bias_of",
 ]
 
 Init = Literal["linear", "kmeans++", "random"]
@@ -76,7 +80,8 @@ def index_dtype(k: int) -> torch.dtype:
 
 def _init_centroids(x: Tensor, k: int, init: str, generator: torch.Generator | None) -> Tensor:
     if init == "linear":
-        return torch.linspace(0, 1, k, dtype=x.dtype, device=x.device) * (x.max() - x.min()) + x.min()
+        t = torch.linspace(0, 1, k, dtype=x.dtype, device=x.device)  # (k,)
+        return x.min() + t * (x.max() - x.min())
     if init == "random":  # Forgy: k distinct positions drawn uniformly
         perm = torch.randperm(x.numel(), generator=generator, device="cpu")[:k].to(x.device)
         c = x[perm]
@@ -140,8 +145,8 @@ def kmeans1d(
         ([0.05000000074505806, 1.0499999523162842], [0, 0, 1, 1])
     """
     if not isinstance(x, Tensor) or x.dim() != 1 or not x.is_floating_point():
-        raise ValueError(f"x must be a 1-d floating tensor, got "
-                         f"{type(x).__name__ if not isinstance(x, Tensor) else (x.dtype, tuple(x.shape))}")
+        got = (x.dtype, tuple(x.shape)) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a 1-d floating tensor, got {got}")
     if x.numel() == 0:
         raise ValueError("x must hold at least one value")
     if not bool(torch.isfinite(x).all()):
@@ -223,11 +228,11 @@ def shared_weight(centroids: Tensor, index: Tensor, mask: Tensor | None = None) 
 
 
 def _linear(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
-    return F.linear(x, w, layer.bias)
+    return F.linear(x, w, bias_of(layer))
 
 
 def _conv(layer: nn.Module, x: Tensor, w: Tensor) -> Tensor:
-    return layer._conv_forward(x, w, layer.bias)  # type: ignore[operator]
+    return layer._conv_forward(x, w, bias_of(layer))  # type: ignore[operator]
 
 
 _FORWARD: dict[type[nn.Module], Callable[[nn.Module, Tensor, Tensor], Tensor]] = {
@@ -235,25 +240,66 @@ _FORWARD: dict[type[nn.Module], Callable[[nn.Module, Tensor, Tensor], Tensor]] =
 }
 
 
+def weight_of(module: nn.Module) -> Tensor:
+    """``module.weight`` typed as a Tensor (the effective weight, parametrisations applied)."""
+    return cast(Tensor, module.weight)
+
+
+def bias_of(module: nn.Module) -> Tensor | None:
+    """``module.bias`` typed as an optional Tensor."""
+    return cast("Tensor | None", getattr(module, "bias", None))
+
+
+def base_type(module: nn.Module) -> type[nn.Module]:
+    """The module's class, seeing through ``torch.nn.utils.parametrize`` (which swaps in a
+    generated subclass such as ``ParametrizedLinear``)."""
+    cls = type(module)
+    if parametrize.is_parametrized(module):
+        cls = cls.__bases__[0]
+    return cls
+
+
+def safe_deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on modules pruned with ``torch.nn.utils.prune``
+    (whose ``weight`` attribute is a non-leaf tensor that deepcopy refuses): such attributes
+    are copied as detached clones; the pruning hooks recompute them at the next forward."""
+    memo: dict[int, Any] = {}
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _plain_weight(layer: nn.Module) -> Tensor:
     """The layer's effective weight, with any pruning/parametrisation applied."""
-    return layer.weight.detach().clone()
+    return weight_of(layer).detach().clone()
 
 
+@torch.no_grad()
 def _strip(layer: nn.Module) -> nn.Module:
-    """A copy of ``layer`` without weight-reparametrisations (torch.nn.utils.prune hooks or
-    parametrize), its effective weight baked in."""
-    layer = copy.deepcopy(layer)
-    if parametrize.is_parametrized(layer):
-        for name in list(layer.parametrizations.keys()):  # type: ignore[union-attr]
-            parametrize.remove_parametrizations(layer, name, leave_parametrized=True)
-    if hasattr(layer, "weight_orig") or hasattr(layer, "bias_orig"):
-        from torch.nn.utils import prune as torch_prune
+    """A fresh plain layer of ``layer``'s base class holding its effective weight and bias.
 
-        for name in ("weight", "bias"):
-            if hasattr(layer, f"{name}_orig"):
-                torch_prune.remove(layer, name)
-    return layer
+    Rebuilt from the constructor arguments rather than copied, so a pruning reparametrisation
+    (``torch.nn.utils.prune`` hooks, ``parametrize``) on ``layer`` is baked in and left
+    untouched on the original (removing a parametrisation from a deep copy would delete the
+    property from the class the copy shares with the original).
+    """
+    cls = base_type(layer)
+    w = weight_of(layer).detach()
+    b = bias_of(layer)
+    bias = None if b is None else b.detach()
+    f: dict[str, Any] = {"device": w.device, "dtype": w.dtype, "bias": bias is not None}
+    if cls is nn.Linear:
+        new = skip_init(nn.Linear, layer.in_features, layer.out_features, **f)
+    else:
+        new = skip_init(cls, layer.in_channels, layer.out_channels, layer.kernel_size,
+                        stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
+                        groups=layer.groups, padding_mode=layer.padding_mode, **f)
+    weight_of(new).copy_(w)
+    if bias is not None:
+        cast(Tensor, new.bias).copy_(bias)
+    return new
 
 
 class SharedWeights(nn.Module):
@@ -286,16 +332,17 @@ class SharedWeights(nn.Module):
     def __init__(self, layer: nn.Module, centroids: Tensor, index: Tensor,
                  mask: Tensor | None = None) -> None:
         super().__init__()
-        if type(layer) not in _FORWARD:
+        if base_type(layer) not in _FORWARD:
             raise TypeError(f"SharedWeights wraps {[t.__name__ for t in _FORWARD]}, "
                             f"got {type(layer).__name__}")
         layer = _strip(layer)
-        shape = tuple(layer.weight.shape)
+        shape = tuple(weight_of(layer).shape)
         if tuple(index.shape) != shape:
-            raise ValueError(f"index must have the weight's shape {shape}, got {tuple(index.shape)}")
+            raise ValueError(f"index must have the weight's shape {shape}, "
+                             f"got {tuple(index.shape)}")
         k = centroids.numel()
-        weight_dtype = layer.weight.dtype
-        layer.weight = None  # the weight now lives in centroids/index/mask
+        weight_dtype = weight_of(layer).dtype
+        layer.register_parameter("weight", None)  # it now lives in centroids/index/mask
         self.layer = layer
         self.centroids = nn.Parameter(centroids.detach().to(weight_dtype).clone())
         self.register_buffer("index", index.detach().to(index_dtype(k)).clone())
@@ -325,7 +372,7 @@ class SharedWeights(nn.Module):
                 outside the mask become exactly zero.
             init, max_iter, generator: see :func:`kmeans1d`.
         """
-        if type(layer) not in _FORWARD:
+        if base_type(layer) not in _FORWARD:
             raise TypeError(f"SharedWeights wraps {[t.__name__ for t in _FORWARD]}, "
                             f"got {type(layer).__name__}")
         w = _plain_weight(layer)
@@ -356,7 +403,7 @@ class SharedWeights(nn.Module):
 
     @property
     def bias(self) -> Tensor | None:
-        return self.layer.bias
+        return bias_of(self.layer)
 
     def forward(self, x: Tensor) -> Tensor:
         return _FORWARD[type(self.layer)](self.layer, x, self.weight)
@@ -367,7 +414,7 @@ class SharedWeights(nn.Module):
 
 
 def _eligible(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if type(m) in _FORWARD and n}
+    return {n: m for n, m in model.named_modules() if base_type(m) in _FORWARD and n}
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -439,10 +486,10 @@ def share_weights(
     unknown = [n for n in masks if n not in eligible]
     if unknown:
         raise ValueError(f"masks names {unknown} are not among the layers {sorted(eligible)}")
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else safe_deepcopy(model)
     for name in eligible:
         layer = target.get_submodule(name)
-        default = fc_clusters if type(layer) is nn.Linear else conv_clusters
+        default = fc_clusters if base_type(layer) is nn.Linear else conv_clusters
         k = 2 ** bits_map[name] if name in bits_map else default
         new = SharedWeights.from_layer(layer, k, mask=masks.get(name), init=init,
                                        max_iter=max_iter, generator=generator)
@@ -462,7 +509,7 @@ def export_shared(model: nn.Module) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, SharedWeights):
-            bias = mod.layer.bias
+            bias = bias_of(mod.layer)
             out[name] = {
                 "codebook": mod.centroids.detach().float().cpu().clone(),
                 "index": mod.index.cpu().clone(),

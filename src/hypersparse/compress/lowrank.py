@@ -24,13 +24,15 @@ Rank rules (exactly one of them):
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+
+from .cluster import base_type, bias_of, safe_deepcopy, weight_of
 
 __all__ = [
     "choose_rank",
@@ -106,16 +108,17 @@ def choose_rank(
 
 def _matrix(layer: nn.Module) -> Tensor:
     """The layer's weight as the ``(M, N)`` matrix that is factorised."""
-    w = layer.weight.detach()
+    w = weight_of(layer).detach()
     return w.reshape(w.shape[0], -1)  # (O, C*kh*kw) for a conv
 
 
 def _check_layer(layer: nn.Module) -> None:
-    if type(layer) is nn.Linear:
+    if base_type(layer) is nn.Linear:
         return
-    if type(layer) is nn.Conv2d:
+    if base_type(layer) is nn.Conv2d:
         if layer.groups != 1:
-            raise ValueError(f"low_rank supports Conv2d with groups=1 only, got groups={layer.groups}")
+            raise ValueError(f"low_rank supports Conv2d with groups=1 only, "
+                             f"got groups={layer.groups}")
         return
     raise TypeError(f"low_rank expects nn.Linear or nn.Conv2d, got {type(layer).__name__}")
 
@@ -153,27 +156,28 @@ def low_rank(
     u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)  # (M, P), (P,), (P, N)
     r = choose_rank(s, (m, n), rank=rank, energy=energy, param_fraction=param_fraction)
     root = s[:r].sqrt()
-    left = (u[:, :r] * root).to(layer.weight.dtype)  # (M, r)
-    right = (root[:, None] * vh[:r]).to(layer.weight.dtype)  # (r, N)
-    factory = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    has_bias = layer.bias is not None
+    weight, bias = weight_of(layer), bias_of(layer)
+    left = (u[:, :r] * root).to(weight.dtype)  # (M, r)
+    right = (root[:, None] * vh[:r]).to(weight.dtype)  # (r, N)
+    factory: dict[str, Any] = {"device": weight.device, "dtype": weight.dtype}
+    has_bias = bias is not None
     first: nn.Module
     second: nn.Module
-    if isinstance(layer, nn.Linear):
+    if base_type(layer) is nn.Linear:
         first = nn.Linear(n, r, bias=False, **factory)
         second = nn.Linear(r, m, bias=has_bias, **factory)
         first.weight.data.copy_(right)
         second.weight.data.copy_(left)
     else:
-        conv: nn.Conv2d = layer  # type: ignore[assignment]
+        conv = cast(Any, layer)
         first = nn.Conv2d(conv.in_channels, r, conv.kernel_size, stride=conv.stride,
                           padding=conv.padding, dilation=conv.dilation, bias=False,
                           padding_mode=conv.padding_mode, **factory)
         second = nn.Conv2d(r, m, 1, bias=has_bias, **factory)
-        first.weight.data.copy_(right.reshape(r, *conv.weight.shape[1:]))  # (r, C, kh, kw)
+        first.weight.data.copy_(right.reshape(r, *weight.shape[1:]))  # (r, C, kh, kw)
         second.weight.data.copy_(left.reshape(m, r, 1, 1))  # (O, r, 1, 1)
-    if has_bias:
-        second.bias.data.copy_(layer.bias.detach())
+    if bias is not None:
+        cast(Tensor, second.bias).data.copy_(bias.detach())
     return nn.Sequential(first, second)
 
 
@@ -249,7 +253,8 @@ def low_rank_model(
     """
     choose_rank(torch.ones(1), (1, 1), rank=rank, energy=energy, param_fraction=param_fraction)
     eligible = {name: mod for name, mod in model.named_modules()
-                if type(mod) is nn.Linear or (type(mod) is nn.Conv2d and mod.groups == 1)}
+                if base_type(mod) is nn.Linear
+                or (base_type(mod) is nn.Conv2d and mod.groups == 1)}
     if names is not None:
         names = list(names)
         missing = [n for n in names if n not in eligible]
@@ -270,14 +275,14 @@ def low_rank_model(
         finally:
             for h in handles:
                 h.remove()
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else safe_deepcopy(model)
     report: list[LowRankLayerReport] = []
     for name in eligible:
         layer = target.get_submodule(name)
         w = _matrix(layer).double()
         s = torch.linalg.svdvals(w)
         new = low_rank(layer, rank=rank, energy=energy, param_fraction=param_fraction)
-        r = new[0].weight.shape[0]
+        r = weight_of(new[0]).shape[0]
         e = s.square()
         kept = float(e[:r].sum() / e.sum()) if e.sum() > 0 else 1.0
         before, after = _params(layer), _params(new)
@@ -290,7 +295,7 @@ def low_rank_model(
             out_err = float((approx - ref).norm() / ref.norm().clamp_min(1e-30))
         w_err = math.sqrt(max(0.0, 1.0 - kept)) if replaced else 0.0
         report.append(LowRankLayerReport(
-            name=name, kind=type(layer).__name__, shape=tuple(layer.weight.shape), rank=r,
+            name=name, kind=base_type(layer).__name__, shape=tuple(weight_of(layer).shape), rank=r,
             full_rank=s.numel(), energy_kept=kept if replaced else 1.0, params_before=before,
             params_after=after if replaced else before, weight_error=w_err,
             output_error=out_err, replaced=replaced))

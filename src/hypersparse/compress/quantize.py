@@ -21,14 +21,15 @@ The scale is recomputed from the current latent weight at every forward.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from .cluster import base_type, safe_deepcopy, weight_of
 
 __all__ = [
     "quantize_params",
@@ -225,7 +226,7 @@ def quantize_model(
         True
     """
     _check_bits(bits)
-    eligible = {n: m for n, m in model.named_modules() if type(m) in _LAYERS}
+    eligible = {n: m for n, m in model.named_modules() if base_type(m) in _LAYERS}
     if names is not None:
         names = list(names)
         missing = [n for n in names if n not in eligible]
@@ -233,7 +234,7 @@ def quantize_model(
             raise ValueError(f"names {missing} are not Linear/Conv submodules; eligible: "
                              f"{sorted(eligible)}")
         eligible = {n: eligible[n] for n in names}
-    target = model if inplace else copy.deepcopy(model)
+    target = model if inplace else safe_deepcopy(model)
     for name in eligible:
         layer = target.get_submodule(name) if name else target
         parametrize.register_parametrization(
@@ -247,8 +248,9 @@ def freeze_quantized(model: nn.Module) -> nn.Module:
     for mod in model.modules():
         if not parametrize.is_parametrized(mod):
             continue
-        for name in list(mod.parametrizations.keys()):  # type: ignore[union-attr]
-            plist = mod.parametrizations[name]  # type: ignore[index]
+        plists = cast(Any, mod).parametrizations
+        for name in list(plists.keys()):
+            plist = plists[name]
             if len(plist) == 1 and isinstance(plist[0], FakeQuantize):
                 parametrize.remove_parametrizations(mod, name, leave_parametrized=True)
     return model
@@ -278,10 +280,11 @@ def quantization_report(model: nn.Module) -> list[QuantLayerReport]:
     for name, mod in model.named_modules():
         if not parametrize.is_parametrized(mod, "weight"):
             continue
-        fq = [p for p in mod.parametrizations["weight"] if isinstance(p, FakeQuantize)]  # type: ignore[index]
+        plist = cast(Any, mod).parametrizations["weight"]
+        fq = [p for p in plist if isinstance(p, FakeQuantize)]
         if not fq:
             continue
-        w = mod.weight
+        w = weight_of(mod)
         axis = None if fq[0].axis is None else fq[0].axis % w.dim()
         rows_ = _group_view(w, axis)  # (G, n)
         distinct = max(int(r.unique().numel()) for r in rows_) if rows_.numel() else 0
