@@ -285,3 +285,16 @@ def test_bad_arguments_raise() -> None:
         share_weights(net, fc_clusters=0)
     with pytest.raises(ValueError, match="masks names"):
         share_weights(net, masks={"x": torch.ones(2, 2, dtype=torch.bool)})
+
+
+def test_share_weights_on_pruned_model_leaves_original_intact() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    torch_prune.l1_unstructured(net[0], "weight", amount=0.5)
+    keep = net[0].weight_mask.bool().clone()
+    x = torch.randn(3, 6)
+    ref = net(x)
+    shared = share_weights(net, bits=2)  # deep copy of a torch.prune-pruned model
+    torch.testing.assert_close(net(x), ref)  # original untouched and still pruned
+    assert hasattr(net[0], "weight_orig")
+    assert torch.equal(shared[0].mask, keep) and (shared[0].weight[~keep] == 0).all()
