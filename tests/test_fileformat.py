@@ -242,14 +242,12 @@ def test_cluster_bits_is_lossy_but_keeps_sparsity(tmp_path: Path) -> None:
 
 
 def test_cli_main_on_a_real_run(tmp_path: Path, mnist_available: bool,
-                                monkeypatch: pytest.MonkeyPatch,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     from hypersparse import cli
     from hypersparse.experiments.mnist_mlp import mlp
     from hypersparse.run import run_experiment
 
     run = run_experiment("mnist-mlp", ["train.max_steps=3"], out=tmp_path / "r", progress=False)
-    monkeypatch.setattr(cli, "PLUGINS", (*cli.PLUGINS, "hypersparse.compress.cli"))
     out, back = tmp_path / "m.hsz", tmp_path / "m.pt"
     assert cli.main(["compress", str(run), "--out", str(out)]) == 0
     assert cli.main(["decompress", str(out), "--out", str(back)]) == 0

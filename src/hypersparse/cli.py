@@ -12,7 +12,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser", "PLUGINS"]
 
 # Modules that add subcommands through their ``add_commands(subparsers)``.
-PLUGINS = ("hypersparse.report",)
+PLUGINS = ("hypersparse.report", "hypersparse.compress.cli")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
