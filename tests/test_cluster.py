@@ -298,3 +298,15 @@ def test_share_weights_on_pruned_model_leaves_original_intact() -> None:
     torch.testing.assert_close(net(x), ref)  # original untouched and still pruned
     assert hasattr(net[0], "weight_orig")
     assert torch.equal(shared[0].mask, keep) and (shared[0].weight[~keep] == 0).all()
+
+
+def test_interop_with_compress_prune() -> None:
+    prune = pytest.importorskip("hypersparse.compress.prune")  # the `compress` branch's module
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    prune.magnitude_prune(net[0], amount=0.7)
+    keep = prune.get_mask(net[0]).clone()
+    shared = share_weights(net, bits=3)
+    assert torch.equal(shared[0].mask, keep) and (shared[0].weight[~keep] == 0).all()
+    assert not (shared[0].centroids == 0).any()
+    assert (shared[0].weight[keep] != 0).all()

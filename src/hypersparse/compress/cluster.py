@@ -16,9 +16,10 @@ per wrapped layer with weight shape ``shape`` and ``k`` clusters:
   never read).
 - ``mask``: bool ``shape``; True where the weight is kept, False where it is pruned (the weight
   is exactly 0 there). The mask comes from the ``mask=`` argument if given, else from the
-  layer's effective weight: a position is pruned iff its weight is exactly zero. That is the
-  contract with ``compress.prune``: pruned weights are exactly zero, however the pruning mask is
-  stored, so clustering a pruned layer keeps its sparsity pattern.
+  layer's ``weight_mask`` buffer (``compress.prune``'s bool mask; ``torch.nn.utils.prune``'s
+  float mask), else from the effective weight: a position is pruned iff its weight is exactly
+  zero. Either way clustering a pruned layer keeps its sparsity pattern, and the zero is never
+  a centroid (only kept weights are clustered).
 - the layer's bias (if any) is kept in float32 and not clustered.
 
 In a module the codebook is the Parameter ``centroids``, the index and mask are buffers, so
@@ -368,8 +369,10 @@ class SharedWeights(nn.Module):
             layer: the trained layer (not modified; a pruning parametrisation or
                 ``torch.nn.utils.prune`` hook on it is baked in).
             k: number of centroids.
-            mask: bool, the weight's shape; True = kept. Default: ``weight != 0``. Positions
-                outside the mask become exactly zero.
+            mask: bool, the weight's shape; True = kept. Default: the layer's ``weight_mask``
+                buffer if it has one (``compress.prune``'s bool mask, or
+                ``torch.nn.utils.prune``'s float one), else ``weight != 0``. Positions outside
+                the mask become exactly zero.
             init, max_iter, generator: see :func:`kmeans1d`.
         """
         if base_type(layer) not in _FORWARD:
@@ -377,7 +380,11 @@ class SharedWeights(nn.Module):
                             f"got {type(layer).__name__}")
         w = _plain_weight(layer)
         if mask is None:
-            mask = w != 0
+            pruning_mask = getattr(layer, "weight_mask", None)  # compress.prune / torch prune
+            if isinstance(pruning_mask, Tensor) and pruning_mask.shape == w.shape:
+                mask = pruning_mask.detach().to(torch.bool)
+            else:
+                mask = w != 0
         elif mask.shape != w.shape or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor of shape {tuple(w.shape)}, got "
                              f"{mask.dtype} {tuple(mask.shape)}")
