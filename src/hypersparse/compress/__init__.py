@@ -38,3 +38,8 @@ from .quantize import quantization_report as quantization_report
 from .quantize import quantize_model as quantize_model
 from .quantize import quantize_params as quantize_params
 from .quantize import quantize_tensor as quantize_tensor
+from .inference import CSRLinear as CSRLinear
+from .inference import InferenceLayerReport as InferenceLayerReport
+from .inference import csr_linear as csr_linear
+from .inference import freeze as freeze
+from .inference import to_sparse_inference as to_sparse_inference

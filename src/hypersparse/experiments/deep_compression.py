@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,7 +107,7 @@ def lenet5(n_out: int = 10) -> nn.Sequential:
         nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, n_out))
 
 
-_MODELS = {"lenet300": lenet300, "lenet5": lenet5}
+_MODELS: dict[str, Callable[[], nn.Sequential]] = {"lenet300": lenet300, "lenet5": lenet5}
 
 
 def _layers(model: nn.Module) -> dict[str, nn.Module]:
