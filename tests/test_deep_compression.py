@@ -17,6 +17,7 @@ from hypersparse.compress import (
     share_weights,
 )
 from hypersparse.experiments.deep_compression import (
+    DEFAULT_DENSITIES,
     PAPER_DENSITIES,
     DeepCompressionConfig,
     ShiftedBatches,
@@ -61,7 +62,7 @@ def test_shifted_batches_are_deterministic_zero_filled_translations() -> None:
 
 def test_densities_validation() -> None:
     cfg = DeepCompressionConfig(model="lenet5")
-    assert _densities(cfg, 4) == PAPER_DENSITIES["lenet5"]
+    assert _densities(cfg, 4) == DEFAULT_DENSITIES["lenet5"] == (0.66, 0.12, 0.07, 0.19)
     cfg.prune.densities = (0.5, 0.5)
     with pytest.raises(ValueError, match="4 fractions"):
         _densities(cfg, 4)
@@ -104,8 +105,8 @@ def test_smoke_run_writes_report_file_and_loadable_model(mnist_available: bool,
     assert stages == ["dense", "prune-1", "prune-2", "share", "finetune"]
     fc1 = [s["layers"][0] for s in report["stages"]]
     assert [r["layer"] for r in fc1] == ["1"] * 5 and fc1[0]["density"] == 1.0
-    assert fc1[-1]["density"] == pytest.approx(0.08, abs=1e-4)
-    assert fc1[1]["density"] == pytest.approx(0.08 ** 0.5, abs=1e-4)  # geometric schedule
+    assert fc1[-1]["density"] == pytest.approx(0.07, abs=1e-4)
+    assert fc1[1]["density"] == pytest.approx(0.07 ** 0.5, abs=1e-4)  # geometric schedule
     md = (out / "report.md").read_text()
     assert "| finetune | 1 | 300x784 |" in md and "bits/weight" in md
     for stage in ("dense", "prune-1", "prune-2", "finetune"):

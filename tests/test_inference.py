@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 
 import pytest
 import torch
@@ -162,14 +163,15 @@ def test_to_sparse_inference_bad_input() -> None:
         to_sparse_inference(_mlp(), index_dtype=torch.float32)
 
 
-def _train(layer: nn.Module, steps: int = 30) -> None:
-    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+def _train(layer: SparseLayer, steps: int = 8) -> None:
+    """A few Adam steps towards a random linear map, so means, sigmas and values move."""
     g = torch.Generator().manual_seed(0)
+    target = torch.randn(math.prod(layer.out_shape), math.prod(layer.in_shape), generator=g)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
     layer.train()
     for _ in range(steps):
-        x = torch.randn(16, *layer.in_shape, generator=g)
-        loss = (layer(x) - x.flatten(1)[:, : layer(x).flatten(1).shape[1]]
-                .reshape(layer(x).shape)).pow(2).mean()
+        x = torch.randn(8, *layer.in_shape, generator=g)
+        loss = (layer(x).flatten(1) - x.flatten(1) @ target.T).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -179,7 +181,9 @@ def _train(layer: nn.Module, steps: int = 30) -> None:
 def test_freeze_matches_eval_semantics(shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
     in_shape, out_shape = shapes
     layer = SparseLayer(in_shape, out_shape, k=24, bias=True)
+    before = layer.to_sparse().to_dense()
     _train(layer)
+    assert not torch.equal(layer.to_sparse().to_dense(), before)  # training moved it
     frozen = freeze(layer)
     layer.eval()
     x = torch.randn(9, *in_shape)

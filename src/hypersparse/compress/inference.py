@@ -139,6 +139,8 @@ class CSRLinear(nn.Module):
                                  .clone())
         else:
             self.register_buffer("bias", None)
+        self._csr: Tensor | None = None
+        self._csr_key: tuple[Any, ...] | None = None
 
     @property
     def nnz(self) -> int:
@@ -149,10 +151,25 @@ class CSRLinear(nn.Module):
         return self.nnz / (math.prod(self.out_shape) * math.prod(self.in_shape))
 
     def weight_csr(self) -> Tensor:
-        """The weight as a ``torch.sparse_csr`` (M, N) tensor (views of the buffers)."""
-        m, n = math.prod(self.out_shape), math.prod(self.in_shape)
-        return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, self.values, (m, n),
-                                       check_invariants=False)
+        """The weight as a ``torch.sparse_csr`` (M, N) tensor sharing the buffers' memory.
+
+        Cached (building it costs about as much as a small product at batch 1) and rebuilt when
+        a buffer is replaced (``.to()``, loading a state dict with another ``nnz``); in-place
+        changes to the buffers show through because the tensor is a view of them.
+        """
+        key = (self.crow_indices.data_ptr(), self.col_indices.data_ptr(),
+               self.values.data_ptr(), self.values.numel(), self.values.dtype)
+        if self._csr is None or self._csr_key != key:
+            m, n = math.prod(self.out_shape), math.prod(self.in_shape)
+            self._csr = torch.sparse_csr_tensor(self.crow_indices, self.col_indices,
+                                                self.values, (m, n), check_invariants=False)
+            self._csr_key = key
+        return self._csr
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        state["_csr"], state["_csr_key"] = None, None  # a cache, rebuilt on demand
+        return state
 
     def to_dense(self) -> Tensor:
         """The weight as a dense ``out_shape + in_shape`` tensor (for tests and plots)."""
@@ -186,8 +203,8 @@ class CSRLinear(nn.Module):
 def csr_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``x @ weight.T + bias`` for a ``sparse_csr`` ``weight`` (M, N) and dense ``x`` (P, N).
 
-    Batch 1 uses ``torch.mv`` (a CSR matrix-vector product, the fastest path at batch 1);
-    otherwise ``torch.sparse.mm(weight, x.T)``.
+    Batch 1 uses ``torch.addmv``/``torch.mv`` (a CSR matrix-vector product, the fastest path
+    at batch 1); otherwise ``torch.addmm``/``torch.sparse.mm`` on ``x.T``.
 
     Shape:
         x: (P, N); weight: (M, N); bias: (M,); output: (P, M).
@@ -195,10 +212,12 @@ def csr_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if x.dtype != weight.dtype:
         raise TypeError(f"input dtype {x.dtype} != weight dtype {weight.dtype}")
     if x.shape[0] == 1:
-        y = torch.mv(weight, x[0]).unsqueeze(0)  # (1, M)
-    else:
-        y = torch.sparse.mm(weight, x.T).T  # (P, M)
-    return y if bias is None else y + bias
+        if bias is None:
+            return torch.mv(weight, x[0]).unsqueeze(0)  # (1, M)
+        return torch.addmv(bias, weight, x[0]).unsqueeze(0)  # (1, M)
+    if bias is None:
+        return torch.sparse.mm(weight, x.T).T  # (P, M)
+    return torch.addmm(bias.unsqueeze(1), weight, x.T).T  # (P, M)
 
 
 def _linear(idx: Tensor, shape: tuple[int, ...]) -> Tensor:
