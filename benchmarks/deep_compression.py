@@ -6,8 +6,10 @@ Run: ``HYPERSPARSE_DATA=... PYTHONPATH=src python benchmarks/deep_compression.py
 Each model runs ``hypersparse run deep-compression --set model=M`` for every seed into
 ``<out>/<model>/seed-<s>`` (``--resume``: finished stages and seeds are not retrained, so seeds
 may also be run by separate processes into the same layout and collected here). Writes
-``results/deep_compression.json``: per model and seed the run's ``summary.json`` and stage
-table, the mean over seeds, and the issue's targets checked against the means.
+``results/deep_compression.json`` (entries keyed ``"<model> (<out dir name>)"``, merged with
+the entries already there): per model and seed the run's ``summary.json``, overrides and stage
+table, the mean over seeds, the issue's targets checked against the means, and the first seed's
+model converted with ``to_sparse_inference`` at batch 1 and 128.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ def main() -> None:
         std = {k: statistics.pstdev([p["summary"][k] for p in per_seed.values()])
                for k in KEYS}
         t = TARGETS[model]
-        models[model] = {
-            "seeds": sorted(per_seed), "mean": mean, "std": std, "per_seed": per_seed,
+        models[f"{model} ({out.parent.name})"] = {
+            "model": model, "run_dirs": str(out), "seeds": sorted(per_seed), "mean": mean,
+            "std": std, "per_seed": per_seed,
             "targets": t,
             "meets": {
                 "ratio": mean["compression_ratio"] >= t["min_ratio"],
@@ -107,8 +110,12 @@ def main() -> None:
                 "error_increase": mean["error_increase_points"] <= t["max_error_increase"],
             },
         }
-        models[model]["sparse_inference"] = _deploy(model, out / f"seed-{min(per_seed)}")
+        models[f"{model} ({out.parent.name})"]["sparse_inference"] = _deploy(
+            model, out / f"seed-{min(per_seed)}")
         print(model, json.dumps({"seeds": sorted(per_seed), **mean}, indent=1), flush=True)
+    previous = ROOT / "results" / "deep_compression.json"
+    if previous.exists():  # keep the entries of other run directories
+        models = {**json.loads(previous.read_text()).get("models", {}), **models}
     write_results("deep_compression", {
         "note": ("the package's MNIST split: 9,000 training digits (not the paper's 60k), "
                  "1,000 validation (all selection), 5,000 test (reported only); shared 2-core "
