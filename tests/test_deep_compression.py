@@ -62,7 +62,7 @@ def test_shifted_batches_are_deterministic_zero_filled_translations() -> None:
 
 def test_densities_validation() -> None:
     cfg = DeepCompressionConfig(model="lenet5")
-    assert _densities(cfg, 4) == DEFAULT_DENSITIES["lenet5"] == (0.66, 0.12, 0.07, 0.19)
+    assert _densities(cfg, 4) == DEFAULT_DENSITIES["lenet5"] == (0.66, 0.12, 0.06, 0.19)
     cfg.prune.densities = (0.5, 0.5)
     with pytest.raises(ValueError, match="4 fractions"):
         _densities(cfg, 4)
