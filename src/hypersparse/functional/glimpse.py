@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -26,6 +27,7 @@ __all__ = [
     "sample_grid_points",
     "glimpse_point_weights",
     "gather_glimpse",
+    "sample_boxes",
 ]
 
 
@@ -193,3 +195,30 @@ def gather_glimpse(x: Tensor, points: Tensor, weights: Tensor | None = None) -> 
     if weights is not None:
         vals = vals * weights.unsqueeze(1).to(vals.dtype)
     return vals.sum(-1).transpose(1, 2)  # (B, G, C, Q)
+
+
+def sample_boxes(x: Tensor, boxes: Tensor, size: Sequence[int], *,
+                 mode: str = "bilinear") -> Tensor:
+    """The dense reference: ``grid_sample(x, grid, mode, align_corners=True)`` at the
+    :func:`box_grid` points of every box (a spatial-transformer glimpse).
+
+    Shape:
+        x: (B, C, H, W); boxes: (B, G, 4); output: (B, G, C, kh, kw).
+
+    Example:
+        >>> x = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> sample_boxes(x, torch.tensor([[[1.0, 1.0, 2.0, 2.0]]]), (2, 2)).flatten().tolist()
+        [5.0, 6.0, 9.0, 10.0]
+    """
+    if x.dim() != 4 or boxes.dim() != 3 or boxes.shape[0] != x.shape[0]:
+        raise ValueError(f"need x (B, C, H, W) and boxes (B, G, 4), got {tuple(x.shape)} and "
+                         f"{tuple(boxes.shape)}")
+    b, c, h, w = x.shape
+    g = boxes.shape[1]
+    kh, kw = _hw(size)
+    mu = box_grid(boxes, (kh, kw))  # (B, G, Q, 2) as (row, col)
+    scale = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=mu.dtype, device=mu.device)
+    grid = 2 * mu.flip(-1) / scale - 1  # (B, G, Q, 2) as normalised (x, y)
+    out = F.grid_sample(x, grid.reshape(b, g * kh, kw, 2).to(x.dtype), mode=mode,
+                        align_corners=True)  # (B, C, G*kh, kw)
+    return out.view(b, c, g, kh, kw).transpose(1, 2)  # (B, G, C, kh, kw)

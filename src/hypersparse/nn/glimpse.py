@@ -276,15 +276,26 @@ class Glimpse(HyperLayer):
         return Connections(idx.reshape(b * n, 7), w.reshape(b * n), batch)
 
     @torch.no_grad()
-    def pixels_read(self, x: Tensor) -> Tensor:
-        """Fraction of the H x W pixel positions the glimpses read in eval (distinct rounded
-        means), per instance; shape (B,)."""
+    def pixels_read(self, x: Tensor, *, include_source: bool = True) -> Tensor:
+        """Fraction of the H x W pixel positions read in eval, per instance; shape (B,).
+
+        The glimpses read their distinct rounded means; with ``include_source`` the pixels the
+        source network reads are added: every ``f``-th row and column when it starts with
+        :class:`Subsample` (``f``), else all of them (e.g. average pooling reads everything).
+        """
         x = self._check(x)
         pts, _ = self._points(self._means(self.boxes(x)), False)  # (B, G, Q, 1, 2)
         h, w = self.in_shape[1:]
         flat = (pts[..., 0] * w + pts[..., 1]).reshape(x.shape[0], -1)  # (B, GQ)
-        seen = torch.zeros(x.shape[0], h * w, dtype=torch.bool, device=x.device)
-        return seen.scatter_(1, flat, True).sum(1).to(x.dtype) / (h * w)
+        seen = torch.zeros(x.shape[0], h, w, dtype=torch.bool, device=x.device)
+        seen.view(x.shape[0], h * w).scatter_(1, flat, True)
+        if include_source:
+            first = self.source[0] if isinstance(self.source, nn.Sequential) else None
+            if isinstance(first, Subsample):
+                seen[:, :: first.factor, :: first.factor] = True
+            else:
+                seen[:] = True
+        return seen.flatten(1).sum(1).to(x.dtype) / (h * w)
 
     def _check(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
