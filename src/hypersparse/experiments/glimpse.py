@@ -51,6 +51,7 @@ class GlimpseConfig:
     cnn: bool = True
     stn: bool = True
     eval_batch: int = 500
+    eval_digits: int | None = None  # cap the fixed val/test sets (smoke tests); None: all
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=3, batch_size=64, lr=1e-3)
     )
@@ -180,12 +181,13 @@ def _predict(model: nn.Module, x: Tensor, device: torch.device, batch: int) -> d
     for i in range(0, x.shape[0], batch):
         xb = x[i : i + batch].to(device)
         if isinstance(model, GlimpseNet):
-            glimpses, boxes = model.sampler.forward_with_boxes(xb)
+            sampler: Glimpse | STNGlimpse = model.sampler  # type: ignore[assignment]
+            glimpses, boxes = sampler.forward_with_boxes(xb)
             out["logits"].append(model.head(glimpses))
             out["boxes"].append(boxes)
-            if isinstance(model.sampler, Glimpse):
-                out["read"].append(model.sampler.pixels_read(xb))
-                out["glimpse_read"].append(model.sampler.pixels_read(xb, include_source=False))
+            if isinstance(sampler, Glimpse):
+                out["read"].append(sampler.pixels_read(xb))
+                out["glimpse_read"].append(sampler.pixels_read(xb, include_source=False))
         else:
             out["logits"].append(model(xb))
     return {k: torch.cat(v) for k, v in out.items() if v}
@@ -225,8 +227,14 @@ class GlimpseExperiment(Experiment):
     }
 
     def _sets(self, config: GlimpseConfig) -> dict[str, ClutteredImages]:
-        return {s: _fixed_set(config.dataset, s, config.canvas, config.distractors)
+        sets = {s: _fixed_set(config.dataset, s, config.canvas, config.distractors)
                 for s in ("val", "test")}
+        n = config.eval_digits
+        if n is None:
+            return sets
+        return {s: ClutteredImages(*(getattr(d, f)[:n] for f in
+                                     ("images", "labels", "boxes", "digit", "distractor")))
+                for s, d in sets.items()}
 
     def _stages(self, config: GlimpseConfig) -> list[str]:
         return ["glimpse"] + (["cnn"] if config.cnn else []) + (["stn"] if config.stn else [])
@@ -271,6 +279,7 @@ class GlimpseExperiment(Experiment):
             "distractors": default_distractors(config.canvas)
             if config.distractors is None else config.distractors,
             "train_digits": len(digits(config.dataset, "train")),
+            "test_images": len(sets["test"]),
             "data_source": digits(config.dataset, "test").source,
         }
         for stage, model in models.items():

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 __all__ = [
     "glimpse_boxes",
     "box_grid",
@@ -54,7 +53,8 @@ def glimpse_boxes(raw: Tensor, sizes: Sequence[int]) -> Tensor:
         tensor([[2.5000, 2.5000, 7.5000, 7.5000]])
     """
     if raw.shape[-1] != 4:
-        raise ValueError(f"raw boxes must end in 4 numbers (cy, cx, sh, sw), got {tuple(raw.shape)}")
+        raise ValueError(
+            f"raw boxes must end in 4 numbers (cy, cx, sh, sw), got {tuple(raw.shape)}")
     h, w = _hw(sizes)
     span = torch.tensor([h - 1, w - 1], dtype=raw.dtype, device=raw.device)
     ext = torch.sigmoid(raw[..., 2:]) * span  # (..., 2)
