@@ -159,6 +159,8 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
             in_shape, config.size, config.glimpses, global_samples=config.global_samples,
             local_samples=config.local_samples, sigma_scale=config.sigma_scale, generator=g,
             **_source_kwargs(config))
+        # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
+        sampler.generator = None
         model: nn.Module = GlimpseNet(sampler, head)
     elif kind == "stn":
         model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
