@@ -26,7 +26,7 @@ from ..data import ClutteredBatches, ClutteredImages, cluttered_set, default_dis
 from ..functional.glimpse import sample_boxes
 from ..nn.glimpse import Glimpse, box_source
 from ..run import RunContext
-from ..train import TrainConfig
+from ..train import TrainConfig, make_optimizer
 from .base import Experiment, register_experiment
 from .common import classification_loss, count_parameters
 
@@ -48,6 +48,7 @@ class GlimpseConfig:
     local_samples: int = 4
     sigma_scale: float = 0.01
     init_extent: float = 0.9
+    source_lr: float = 1.0  # learning-rate multiplier of the box source (and sigmas)
     cnn: bool = True
     stn: bool = True
     eval_batch: int = 500
@@ -155,7 +156,7 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
     g = torch.Generator().manual_seed(config.seed)
     head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width)
     if kind == "glimpse":
-        sampler: nn.Module = Glimpse(
+        sampler = Glimpse(
             in_shape, config.size, config.glimpses, global_samples=config.global_samples,
             local_samples=config.local_samples, sigma_scale=config.sigma_scale, generator=g,
             **_source_kwargs(config))
@@ -203,6 +204,19 @@ def box_iou(boxes: Tensor, truth: Tensor) -> Tensor:
     inter = (hi - lo + 1).clamp(min=0).prod(-1)
     area = (boxes[:, 2:] - boxes[:, :2] + 1).prod(-1) + (t[:, 2:] - t[:, :2] + 1).prod(-1)
     return inter / (area - inter)
+
+
+def _optimizer(model: nn.Module, config: GlimpseConfig) -> torch.optim.Optimizer:
+    """The configured optimiser; the box source (and sigmas) at ``source_lr`` times the rate,
+    since Adam moves a box's raw parameters by at most ~lr per step."""
+    sampler = getattr(model, "sampler", None)
+    if sampler is None or config.source_lr == 1.0:
+        return make_optimizer(model.parameters(), config.train)
+    fast = {id(p) for p in sampler.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) in fast],
+               "lr": config.train.lr * config.source_lr},
+              {"params": [p for p in model.parameters() if id(p) not in fast]}]
+    return make_optimizer(groups, config.train)
 
 
 @functools.lru_cache(maxsize=4)
@@ -259,7 +273,8 @@ class GlimpseExperiment(Experiment):
         for stage in self._stages(config):
             model = build(config, stage, ctx.device)
             result = ctx.fit(model, classification_loss, train, config=config.train,
-                             stage=stage, validate=validate, select="val_error", mode="min")
+                             stage=stage, validate=validate, select="val_error", mode="min",
+                             optimizer=_optimizer(model, config))
             models[stage] = model
             seconds[stage] = result.train_seconds / max(result.epochs_done, 1e-9)
         summary = self.evaluate(config, ctx, models)
