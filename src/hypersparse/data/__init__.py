@@ -40,4 +40,5 @@ from .cluttered import (  # noqa: E402
     default_distractors,
 )
 
-__all__ += ["ClutteredBatches", "ClutteredImages", "clutter", "cluttered_set", "default_distractors"]
+__all__ += ["ClutteredBatches", "ClutteredImages", "clutter", "cluttered_set"]
+__all__ += ["default_distractors"]

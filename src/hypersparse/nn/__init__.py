@@ -1,3 +1,3 @@
 """hypersparse.nn."""
-from .hyper import *  # noqa: F401, F403
 from .glimpse import *  # noqa: F401, F403
+from .hyper import *  # noqa: F401, F403
