@@ -1,1 +1,3 @@
 """hypersparse.nn."""
+from .kwinners import KWinners, KWinners2d  # noqa: E402,F401
+from .sparse_weights import SparseWeights, SparseWeights2d, random_fan_in_mask  # noqa: E402,F401
