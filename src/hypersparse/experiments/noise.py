@@ -29,7 +29,14 @@ from ..run import RunContext
 from ..train import TensorBatches, TrainConfig
 from .base import Experiment, register_experiment
 from .common import accuracy, batched, classification_loss, count_parameters
-from .numenta_nets import FORUM_NETWORKS, MNIST_MEAN, MNIST_STD, NETWORKS, BoostConfig, build_network
+from .numenta_nets import (
+    FORUM_NETWORKS,
+    MNIST_MEAN,
+    MNIST_STD,
+    NETWORKS,
+    BoostConfig,
+    build_network,
+)
 
 __all__ = ["NoiseConfig", "pixel_noise", "forum_noise", "noise_curve", "NoiseExperiment"]
 
@@ -39,7 +46,11 @@ FORUM_LEVELS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
 def pixel_noise(
-    images: Tensor, p: float, *, value: float = NOISE_VALUE, generator: torch.Generator | None = None
+    images: Tensor,
+    p: float,
+    *,
+    value: float = NOISE_VALUE,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Set exactly ``floor(H*W*p)`` distinct random pixels of every image to ``value``.
 
@@ -124,7 +135,8 @@ class NoiseConfig:
             if n not in FORUM_NETWORKS:
                 raise ValueError(f"unknown forum network {n!r}; valid: {', '.join(FORUM_NETWORKS)}")
         if self.first_epoch_batch_size < 0:
-            raise ValueError(f"first_epoch_batch_size must be >= 0, got {self.first_epoch_batch_size}")
+            raise ValueError(
+                f"first_epoch_batch_size must be >= 0, got {self.first_epoch_batch_size}")
         for p in (*self.levels, *self.forum_levels):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"noise levels must be in [0, 1], got {p}")
@@ -150,7 +162,7 @@ def _stages(config: NoiseConfig, name: str) -> list[tuple[str, TrainConfig]]:
     return [(f"{name}-first-epoch", first), (name, rest)]
 
 
-@register_experiment("noise", help="k-winners sparse CNNs vs dense CNNs under pixel noise (seed 003)")
+@register_experiment("noise", help="k-winners sparse vs dense CNNs under pixel noise (seed 003)")
 class NoiseExperiment(Experiment):
     """Train the paper's sparse/dense CNN-1/2 (and the forum's MLPs), score them under noise."""
 
@@ -210,7 +222,8 @@ class NoiseExperiment(Experiment):
 
         out: dict[str, Any] = {"test_size": len(test), "data_source": test.source}
         for name in self._names(config):
-            model = ctx.load_best(self._model(config, ctx, name), stage=_stages(config, name)[-1][0])
+            stage = _stages(config, name)[-1][0]
+            model = ctx.load_best(self._model(config, ctx, name), stage=stage)
             model.eval()
             forum_net = name.startswith("mlp_")
             levels = config.forum_levels if forum_net else config.levels

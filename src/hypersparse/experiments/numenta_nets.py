@@ -102,8 +102,8 @@ def build_network(
         layers += [nn.Flatten(), nn.Linear(784, h), nn.BatchNorm1d(h), nn.ReLU(),
                    nn.Linear(h, 10)]
     elif name == "mlp_kwinners":
-        layers += [nn.Flatten(), nn.Linear(784, h), _kw(h, max(1, round(h * b.forum_percent_on)), b),
-                   nn.Linear(h, 10)]
+        k = max(1, round(h * b.forum_percent_on))
+        layers += [nn.Flatten(), nn.Linear(784, h), _kw(h, k, b), nn.Linear(h, 10)]
     else:
         valid = ", ".join(NETWORKS + FORUM_NETWORKS)
         raise ValueError(f"unknown network {name!r}; valid: {valid}")

@@ -3,7 +3,7 @@
 Winners are chosen on *detached* boosted values ``x * exp(beta * (target_density - duty))`` and
 the original ``x`` passes at the winners, zero elsewhere; the gradient is therefore 1 at the
 winners and 0 elsewhere, as for a ReLU. No custom ``autograd.Function`` is needed: the selection
-is a boolean mask built without gradient and ``torch.where`` routes the gradient, which also keeps
+is a boolean mask built without gradient and ``x * mask`` routes the gradient, which also keeps
 the op traceable by ``torch.compile`` without graph breaks.
 
 Axis letters: B batch, N units, C channels, H height, W width.
@@ -61,7 +61,8 @@ def _select(x: Tensor, scores: Tensor, k: int, dim: int, break_ties: bool, relu:
         mask = _winner_mask(scores.detach(), k, dim, break_ties)
         if relu:
             mask &= x.detach() > 0
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    # x * mask (not torch.where): ~4x faster on CPU, same values and gradient for finite x
+    return x * mask
 
 
 def _check_duty(duty_cycles: Tensor | None, size: int, what: str) -> None:

@@ -40,13 +40,14 @@ def random_fan_in_mask(
 
 class _SparseWeightsBase(nn.Module):
     mask: Tensor
+    module: nn.Linear | nn.Conv2d
     kinds: tuple[type[nn.Module], ...] = ()
 
     def __init__(
         self, module: nn.Module, sparsity: float, *, generator: torch.Generator | None = None
     ) -> None:
         super().__init__()
-        if not isinstance(module, self.kinds):
+        if not isinstance(module, self.kinds) or not isinstance(module, nn.Linear | nn.Conv2d):
             valid = ", ".join(k.__name__ for k in self.kinds)
             raise TypeError(f"{type(self).__name__} wraps {valid}, got {type(module).__name__}")
         if isinstance(sparsity, bool) or not isinstance(sparsity, float | int) or not (
@@ -54,7 +55,6 @@ class _SparseWeightsBase(nn.Module):
         ):
             raise ValueError(f"sparsity (fraction of zeros) must be in [0, 1), got {sparsity!r}")
         weight = module.weight
-        assert isinstance(weight, Tensor)
         out_units = weight.shape[0]
         fan_in = weight[0].numel()
         nonzeros = round((1.0 - sparsity) * fan_in)
@@ -134,5 +134,5 @@ class SparseWeights2d(_SparseWeightsBase):
 
     def forward(self, x: Tensor) -> Tensor:
         conv = self.module
-        assert isinstance(conv, nn.Conv2d)
+        assert isinstance(conv, nn.Conv2d)  # checked in __init__
         return conv._conv_forward(x, self.masked_weight(), conv.bias)
