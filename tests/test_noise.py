@@ -97,6 +97,7 @@ def test_config_validation():
         NoiseConfig(levels=(0.0, 1.5))
 
 
+@pytest.mark.slow  # ~15-50 s here: loading the split and evaluating four networks
 def test_smoke_run(tmp_path, mnist_available):
     from hypersparse.run import evaluate_run, run_experiment
 
@@ -104,13 +105,15 @@ def test_smoke_run(tmp_path, mnist_available):
         "noise",
         ["train.max_steps=3", "sparse_train.max_steps=3", "forum_train.max_steps=3",
          "first_epoch_batch_size=0", "networks=dense_cnn2,sparse_cnn2",
-         "forum_networks=mlp_raw,mlp_kwinners", "levels=0.0,0.25,0.5", "forum_levels=0.0,0.8"],
+         "forum_networks=mlp_raw,mlp_kwinners", "levels=0.0,0.25,0.5", "forum_levels=0.0,0.8",
+         "eval_limit=200"],
         out=tmp_path / "r", progress=False,
     )
     for f in ("config.json", "env.json", "metrics.jsonl", "summary.json", "noise.png",
               "noise_forum.png", "checkpoints/sparse_cnn2/best.pt"):
         assert (out / f).exists(), f
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_size"] == 200
     for net in ("dense_cnn2", "sparse_cnn2", "mlp_raw", "mlp_kwinners"):
         assert 0 <= summary[f"{net}/test_accuracy"] <= 1
         assert summary[f"{net}/noise_score"] <= 3 * summary["test_size"]

@@ -126,6 +126,7 @@ class NoiseConfig:
     levels: tuple[float, ...] = PAPER_LEVELS
     forum_levels: tuple[float, ...] = FORUM_LEVELS
     eval_batch_size: int = 1000
+    eval_limit: int = 0  # evaluate on the first N val/test images only (smoke tests); 0 = all
 
     def __post_init__(self) -> None:
         for n in self.networks:
@@ -134,6 +135,8 @@ class NoiseConfig:
         for n in self.forum_networks:
             if n not in FORUM_NETWORKS:
                 raise ValueError(f"unknown forum network {n!r}; valid: {', '.join(FORUM_NETWORKS)}")
+        if self.eval_limit < 0:
+            raise ValueError(f"eval_limit must be >= 0, got {self.eval_limit}")
         if self.first_epoch_batch_size < 0:
             raise ValueError(
                 f"first_epoch_batch_size must be >= 0, got {self.first_epoch_batch_size}")
@@ -211,8 +214,10 @@ class NoiseExperiment(Experiment):
     def evaluate(self, config: NoiseConfig, ctx: RunContext) -> dict[str, Any]:
         test = digits(config.dataset, "test")
         val = digits(config.dataset, "val")
-        x, y = test.float().to(ctx.device), test.labels.to(ctx.device)
-        vx, vy = val.float().to(ctx.device), val.labels.to(ctx.device)
+        n = config.eval_limit or None
+        x, y = test.float()[:n].to(ctx.device), test.labels[:n].to(ctx.device)
+        vx, vy = val.float()[:n].to(ctx.device), val.labels[:n].to(ctx.device)
+        n_test = y.shape[0]
 
         def paper(images: Tensor, i: int, p: float) -> Tensor:
             return pixel_noise(images, p, generator=ctx.generator("pixel-noise", i))
@@ -220,7 +225,7 @@ class NoiseExperiment(Experiment):
         def forum(images: Tensor, i: int, p: float) -> Tensor:
             return forum_noise(images, p, generator=ctx.generator("forum-noise", i))
 
-        out: dict[str, Any] = {"test_size": len(test), "data_source": test.source}
+        out: dict[str, Any] = {"test_size": n_test, "data_source": test.source}
         for name in self._names(config):
             stage = _stages(config, name)[-1][0]
             model = ctx.load_best(self._model(config, ctx, name), stage=stage)
@@ -230,10 +235,10 @@ class NoiseExperiment(Experiment):
             correct = noise_curve(model, x, y, levels, forum if forum_net else paper,
                                   config.eval_batch_size)
             out[f"{name}/val_accuracy"] = accuracy(batched(model, vx, config.eval_batch_size), vy)
-            out[f"{name}/test_accuracy"] = correct[0] / len(test) if levels[0] == 0.0 else None
+            out[f"{name}/test_accuracy"] = correct[0] / n_test if levels[0] == 0.0 else None
             out[f"{name}/noise_score"] = sum(correct)
             for p, c in zip(levels, correct):
-                out[f"{name}/accuracy_at_{p:g}"] = c / len(test)
+                out[f"{name}/accuracy_at_{p:g}"] = c / n_test
             out[f"{name}/params"] = count_parameters(model)
             out[f"{name}/nonzero_weights"] = _nonzero_weights(model)
         if "sparse_cnn2/noise_score" in out and "dense_cnn2/noise_score" in out:
