@@ -121,3 +121,21 @@ def test_smoke_run(tmp_path, mnist_available):
     assert summary["sparse_cnn2/nonzero_weights"] < summary["sparse_cnn2/params"]
     again = evaluate_run(out)
     assert again["sparse_cnn2/noise_score"] == summary["sparse_cnn2/noise_score"]
+
+
+def test_training_stages_follow_the_paper():
+    from hypersparse.experiments.noise import _stages
+
+    cfg = NoiseConfig()
+    cfg.sparse_train.epochs = 5
+    (s1, first), (s2, rest) = _stages(cfg, "sparse_cnn2")
+    assert (s1, s2) == ("sparse_cnn2-first-epoch", "sparse_cnn2")
+    assert (first.epochs, first.batch_size, first.lr) == (1, 4, 0.02)
+    assert (rest.epochs, rest.batch_size, rest.momentum) == (4, 64, 0.0)
+    assert math.isclose(rest.lr, 0.02 * 0.8) and rest.lr_decay == 0.8
+    (_, c1), _ = _stages(cfg, "sparse_cnn1")
+    assert c1.lr == 0.01
+    [(name, dense)] = _stages(cfg, "dense_cnn2")
+    assert (name, dense.optimizer, dense.momentum, dense.lr) == ("dense_cnn2", "sgd", 0.9, 0.01)
+    cfg.first_epoch_batch_size = 0
+    assert [s for s, _ in _stages(cfg, "sparse_cnn2")] == ["sparse_cnn2"]
