@@ -17,7 +17,9 @@ Measured per row, in one process:
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -41,6 +43,19 @@ def topk_kwta(x: torch.Tensor, k: int, sorted: bool = True) -> torch.Tensor:
     flat = x.reshape(x.shape[0], -1)  # (B, N)
     top = torch.topk(flat, k, dim=1, sorted=sorted)
     return torch.zeros_like(flat).scatter(1, top.indices, top.values).view_as(x)
+
+
+def cpu_time(fn, repeats: int = 40, warmup: int = 5) -> float:
+    """Median CPU seconds of the calling thread per ``fn()`` (meaningful with one torch thread:
+    unlike wall time it does not count time the process waits for a core on a loaded machine)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        fn()
+        times.append(time.thread_time() - t0)
+    return statistics.median(times)
 
 
 def fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor):
@@ -77,14 +92,16 @@ def main() -> None:
             "topk_unsorted": lambda t, k=k: topk_kwta(t, k, sorted=False),
             "relu": torch.relu,
         }
-        times = {}
         # interleave the candidates round-robin so load from other processes hits all alike
-        samples: dict[str, list[float]] = {key: [] for key in fns}
+        wall: dict[str, list[float]] = {key: [] for key in fns}
+        cpu: dict[str, list[float]] = {key: [] for key in fns}
         for _ in range(5):
             for key, fn in fns.items():
-                samples[key].append(timeit(fwd_bwd(fn, x, grad), repeats=40, warmup=5)["median_s"])
-        for key, vals in samples.items():
-            times[key] = min(vals)  # best of 5 medians
+                step = fwd_bwd(fn, x, grad)
+                wall[key].append(timeit(step, repeats=40, warmup=5)["median_s"])
+                cpu[key].append(cpu_time(step))
+        times = {key: min(vals) for key, vals in wall.items()}  # best of 5 medians
+        cpu_times = {key: min(vals) for key, vals in cpu.items()}
         rows.append({
             "layer": name, "batch": BATCH, "shape": list(shape),
             "width": int(torch.tensor(shape).prod()), "k": k,
@@ -93,12 +110,19 @@ def main() -> None:
             "kwta_over_topk_unsorted": round(times["kwta"] / times["topk_unsorted"], 3),
             "module_over_topk": round(times["module"] / times["topk"], 3),
             "kwta_over_relu": round(times["kwta"] / times["relu"], 3),
+            **{f"{key}_cpu_us": round(v * 1e6, 2) for key, v in cpu_times.items()},
+            "cpu_kwta_over_topk": round(cpu_times["kwta"] / cpu_times["topk"], 3),
+            "cpu_kwta_over_topk_unsorted": round(
+                cpu_times["kwta"] / cpu_times["topk_unsorted"], 3),
+            "cpu_module_over_topk": round(cpu_times["module"] / cpu_times["topk"], 3),
         })
         print(rows[-1])
     write_results("kwinners", {
-        "description": "forward+backward time per call (best of 5 medians of 40), batch 64",
-        "note": "timed on a shared 2-core CPU machine under load from other processes; ratios "
-                "come from interleaved runs in one process",
+        "description": "forward+backward time per call, batch 64: *_us = wall clock, best of 5 "
+                       "medians of 40; *_cpu_us = thread CPU time, best of 5 medians of 40",
+        "note": "timed on a shared 2-core CPU machine under heavy load from other processes "
+                "(load average ~10): wall times are inflated by waiting for a core, so compare "
+                "the *_cpu_us columns; candidates are interleaved in one process",
         "threads": torch.get_num_threads(),
         "targets": "kwta fwd+bwd <= 2x topk at widths <= 1024, <= 1.3x at 4608",
         "rows": rows,
