@@ -37,11 +37,32 @@ def render(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _huffman(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["data"], r["symbols"], r["bits_per_symbol"], r["decode_msym_per_s"],
+             r["dahuffman_decode_msym_per_s"], r["speedup_vs_dahuffman"]] for r in d["rows"]]
+    return {"decode": {"columns": ["symbols", "n", "bits / symbol", "decode M sym/s",
+                                   "dahuffman M sym/s", "speed-up"], "rows": rows}}
+
+
+def _compress2(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["method"], "yes" if r["finetuned"] else "no", r["test_accuracy"], r["kilobytes"],
+             r["ratio"]] for r in d["rows"]]
+    return {"methods": {"columns": ["method", "fine-tuned", "test accuracy", "KB", "x smaller"],
+                        "rows": rows}}
+
+
+# Results files written before the "tables" convention get a renderer here.
+RENDERERS = {"huffman": _huffman, "compress2": _compress2}
+
+
 def tables() -> dict[str, str]:
     out = {}
     for path in sorted((ROOT / "results").glob("*.json")):
         data = json.loads(path.read_text())
-        for name, table in data.get("tables", {}).items():
+        found = dict(data.get("tables", {}))
+        if path.stem in RENDERERS:
+            found.update(RENDERERS[path.stem](data))
+        for name, table in found.items():
             out[f"{path.stem}/{name}"] = render(table)
     return out
 
