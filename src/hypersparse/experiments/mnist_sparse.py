@@ -249,7 +249,7 @@ class AdaptiveFanInLayer(_PerUnitContexts, HyperLayer):
         k = math.prod(out) * fan_in
         self.fan_in, self.context = fan_in, _check_context(context, fan_in)
         super().__init__(ins, out, k, template=_fan_in_template(out, 2, fan_in), **kwargs)
-        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        factory: dict[str, Any] = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         ref = FanInSparseLayer(ins, out, fan_in, init_means=init_means, value_gain=value_gain,
                                context=context, **kwargs)
         self.raw_means = nn.Parameter(ref.raw_means.detach().clone())
@@ -343,7 +343,7 @@ class SparseClassifier(nn.Module):
 
     def sparse_layers(self) -> list[HyperLayer]:
         """The sparse layers (hidden, and the head when sparse)."""
-        out = list(self.layers)
+        out = [layer for layer in self.layers if isinstance(layer, HyperLayer)]
         if isinstance(self.head, HyperLayer):
             out.append(self.head)
         return out
@@ -410,7 +410,7 @@ class MnistSparseConfig:
     adaptive: bool = False  # also train the adaptive variant (first layer adaptive)
     adaptive_fan_in: int = 16
     adaptive_epochs: int | None = None  # default: train.epochs
-    augment_shift: int = 0  # random translation of training images by up to this many px
+    augment_shift: int = 2  # random translation of training images by up to this many px
     baselines: bool = True
     cnn_channels: tuple[int, int] = (3, 4)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -516,7 +516,7 @@ def _optimizer(model: nn.Module, config: MnistSparseConfig) -> torch.optim.Optim
                      help="MNIST classification with sparse hyperlayers vs dense MLP and CNN")
 class MnistSparse(Experiment):
     Config = MnistSparseConfig
-    presets = {"full": {"train.epochs": 30, "adaptive": True, "augment_shift": 0}}
+    presets = {"full": {"train.epochs": 30, "finetune_epochs": 5, "adaptive": True}}
 
     def run(self, config: MnistSparseConfig, ctx: RunContext) -> dict[str, Any]:
         train = digits(config.dataset, "train")
@@ -622,11 +622,13 @@ class MnistSparse(Experiment):
         if "adaptive" in models:
             ad = models["adaptive"]
             assert isinstance(ad, SparseClassifier)
+            first = ad.layers[0]
+            assert isinstance(first, AdaptiveFanInLayer)
             x = ad.norm(data["test"].float()[:256].to(ctx.device).reshape(-1, 28, 28))
             out.update(adaptive_test_accuracy=acc["adaptive"]["test"],
                        adaptive_val_accuracy=acc["adaptive"]["val"],
                        adaptive_nonzeros=_adaptive_nonzeros(ad, x),
-                       adaptive_hypernet_params=count_parameters(ad.layers[0].net))
+                       adaptive_hypernet_params=count_parameters(first.net))
         out["data_source"] = data["test"].source
         return out
 
@@ -634,7 +636,7 @@ class MnistSparse(Experiment):
         assert isinstance(model, SparseClassifier)
         from ..plotting import figure
 
-        layer = model.layers[0]
+        layer = model.sparse_layers()[0]
         model.eval()
         w = layer.to_sparse().to_dense().cpu()  # (H1, 28, 28)
         counts = (w != 0).sum(0).float()  # (28, 28)
@@ -683,7 +685,7 @@ def _adaptive_nonzeros(model: SparseClassifier, x: Tensor) -> int:
     """Mean per-image non-zeros of an adaptive model's sparse layers on standardised ``x``."""
     total = 0
     h = x
-    for layer in model.layers:
+    for layer in model.sparse_layers()[:len(model.layers)]:
         total += sparse_nonzeros([layer], h)
         h = F.relu(layer(h))
     if isinstance(model.head, HyperLayer):
