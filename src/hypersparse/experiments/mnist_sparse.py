@@ -396,7 +396,9 @@ class MnistSparseConfig:
     global_samples: int = 0
     local_samples: int = 2
     region: int = 3
-    contract: Literal["dense", "sparse"] = "dense"  # training contraction (see _PerUnitContexts)
+    # "dense" materialises W in a scratch (M, N) matrix during training: ~2x faster on a CPU
+    # for this small layer, same outputs, but against the library's rule, so opt-in only.
+    contract: Literal["dense", "sparse"] = "sparse"
     context: int = 4  # tuples per normalisation context (0: all of a unit's tuples, exact)
     init: Literal["uniform", "local", "variance"] = "local"
     init_spread: float = 3.0  # px: spread of a unit's tuples around its centre ("local")
