@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +216,22 @@ def first_occurrence(keys: Tensor) -> Tensor:
     return torch.zeros_like(first).scatter_(-1, order, first)
 
 
+def _fixed_mask(points: Tensor, means: Tensor, fixed: Sequence[int]) -> Tensor | None:
+    if not fixed:
+        return None
+    fc = torch.tensor(list(fixed), dtype=torch.long, device=means.device)
+    pf = points.index_select(-1, fc).long().unsqueeze(-3)  # (..., 1, P, F)
+    mf = means.detach().index_select(-1, fc).round().long().unsqueeze(-2)  # (..., K, 1, F)
+    return (pf == mf).all(-1)  # (..., K, P)
+
+
+def _scaled_diff(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
+    cols = torch.tensor(list(learn), dtype=torch.long, device=means.device)
+    pts = points.index_select(-1, cols).to(means.dtype)
+    d = pts.unsqueeze(-3) - means.index_select(-1, cols).unsqueeze(-2)  # (..., K, P, L)
+    return d / sigmas.unsqueeze(-2)
+
+
 def log_densities(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
     """All-pairs unnormalised log densities ``log N_k(p)`` (``-inf`` off a tuple's template).
 
@@ -222,25 +239,15 @@ def log_densities(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence
         points: (..., P, R) int or float; means: (..., K, R); sigmas: (..., K, L);
         output: (..., K, P).
     """
-    r = means.shape[-1]
-    learn = list(learn)
-    fixed = [c for c in range(r) if c not in learn]
-    pts = points.to(means.dtype)
-    cols = torch.tensor(learn, dtype=torch.long, device=means.device)
-    d = (pts.index_select(-1, cols).unsqueeze(-3) - means.index_select(-1, cols).unsqueeze(-2))
-    d = d / sigmas.unsqueeze(-2)  # (..., K, P, L)
+    d = _scaled_diff(points, means, sigmas, learn)  # (..., K, P, L)
     logd = -0.5 * (d * d).sum(-1)  # (..., K, P)
-    if fixed:
-        fc = torch.tensor(fixed, dtype=torch.long, device=means.device)
-        pf = points.index_select(-1, fc).long().unsqueeze(-3)  # (..., 1, P, F)
-        mf = means.detach().index_select(-1, fc).round().long().unsqueeze(-2)  # (..., K, 1, F)
-        logd = logd.masked_fill(~(pf == mf).all(-1), float("-inf"))
-    return logd
+    mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
+    return logd if mask is None else logd.masked_fill(~mask, float("-inf"))
 
 
 def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Tensor,
                   values: Tensor, learn: Sequence[int], *, method: str = "exact",
-                  cutoff: float = 5.0) -> Tensor:
+                  cutoff: float = 5.0, sizes: Sequence[int] | None = None) -> Tensor:
     """Weights ``w(p) = sum_k v_k N_k(p) / Z_k`` of the points of each context.
 
     Each tuple is normalised over every distinct point of its context (``keep`` marks one copy of
@@ -256,6 +263,8 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
         sigmas: standard deviations over the learned columns.
         values: tuple values.
         learn: the learned columns.
+        sizes: the R dimension sizes (used by ``"neighbours"`` for its grid; default: the
+            points' extent).
 
     Shape:
         points: (..., P, R); keep: (..., P); means: (..., K, R); sigmas: (..., K, L);
@@ -271,12 +280,48 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
     if method == "neighbours":
         from .neighbours import neighbour_weights
 
-        return neighbour_weights(points, keep, means, sigmas, values, learn, cutoff=cutoff)
+        return neighbour_weights(points, keep, means, sigmas, values, learn, cutoff=cutoff,
+                                 sizes=sizes)
     if method != "exact":
         raise ValueError(f"method must be 'exact' or 'neighbours', got {method!r}")
-    logd = log_densities(points, means, sigmas, learn)  # (..., K, P)
+    learn = list(learn)
+    mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
     if keep is not None:
-        logd = logd.masked_fill(~keep.unsqueeze(-2), float("-inf"))
+        mask = keep.unsqueeze(-2) if mask is None else mask & keep.unsqueeze(-2)  # (..., K, P)
+    return _exact_weights(points, means, sigmas, values, learn, mask)
+
+
+def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,
+                   learn: list[int], mask: Tensor | None) -> Tensor:
+    cols = torch.tensor(learn, dtype=torch.long, device=means.device)
+    mu = means.index_select(-1, cols)  # (..., K, L)
+    pts = points.index_select(-1, cols).to(means.dtype)  # (..., P, L)
     # a tuple with no point in its context (only possible for hand-made points) gets weight 0
-    logz = torch.logsumexp(logd, dim=-1, keepdim=True).clamp_min(torch.finfo(logd.dtype).min)
-    return (values.unsqueeze(-2) @ torch.exp(logd - logz)).squeeze(-2)  # (..., P)
+    return _MuShift.apply(pts, mu, sigmas, values.to(means.dtype), mask)
+
+
+class _MuShift(torch.autograd.Function):
+    """``_ExactWeights`` on ``p - mu``, routing its mean gradient to ``mu`` without building a
+    (K, P, L) autograd node for the subtraction."""
+
+    @staticmethod
+    def forward(ctx: Any, pts: Tensor, mu: Tensor, sigmas: Tensor, values: Tensor,
+                mask: Tensor | None) -> Tensor:
+        d_src = pts.unsqueeze(-3) - mu.unsqueeze(-2)  # (..., K, P, L)
+        d = d_src / sigmas.unsqueeze(-2)
+        logd = (d * d).sum(-1).mul_(-0.5)  # (..., K, P)
+        if mask is not None:
+            logd.masked_fill_(~mask, float("-inf"))
+        logz = torch.logsumexp(logd, dim=-1, keepdim=True).clamp_min(torch.finfo(logd.dtype).min)
+        a = logd.sub_(logz).exp_()  # (..., K, P)
+        ctx.save_for_backward(d, sigmas, values, a)
+        return (values.unsqueeze(-2) @ a).squeeze(-2)  # (..., P)
+
+    @staticmethod
+    def backward(ctx: Any, gw: Tensor) -> Any:
+        d, sigmas, values, a = ctx.saved_tensors
+        gv = (a @ gw.unsqueeze(-1)).squeeze(-1)  # (..., K)
+        g = a * (gw.unsqueeze(-2) - gv.unsqueeze(-1)) * values.unsqueeze(-1)  # (..., K, P)
+        gd = (g.unsqueeze(-2) @ d).squeeze(-2)  # (..., K, L)
+        gd2 = (g.unsqueeze(-2) @ (d * d)).squeeze(-2)  # (..., K, L)
+        return None, gd / sigmas, gd2 / sigmas, gv, None

@@ -35,6 +35,8 @@ __all__ = ["Connections", "HyperLayer", "SparseLayer"]
 _METHODS = ("auto", "exact", "neighbours")
 #: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
 AUTO_EXACT_PAIRS = 2**16
+#: ... and never above this many (memory: the exact path holds a few (K, P, R') tensors).
+AUTO_EXACT_MAX_PAIRS = 2**23
 
 
 class Connections(NamedTuple):
@@ -233,10 +235,19 @@ class HyperLayer(nn.Module):
         return means, sigmas, values
 
     # ------------------------------------------------------------------ core
-    def _method(self, points_per_context: int) -> str:
+    def method(self, sigmas: Tensor, points_per_context: int) -> str:
+        """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts, or when
+        the tuples' neighbour boxes cover over a quarter of the index space anyway (large
+        sigmas, where hashing costs more than it saves); neighbour-limited otherwise."""
         if self.normalisation != "auto":
             return self.normalisation
-        return "exact" if self.k * points_per_context <= AUTO_EXACT_PAIRS else "neighbours"
+        pairs = self.k * points_per_context
+        if pairs <= AUTO_EXACT_PAIRS:
+            return "exact"
+        half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
+        size = torch.tensor(self.learned_sizes, dtype=half.dtype, device=half.device)
+        cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
+        return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and float(cover) > 0.25 else "neighbours"
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
@@ -262,7 +273,8 @@ class HyperLayer(nn.Module):
             idx = pts.flatten(-3, -2)  # (.., P, R)
             keep = first_occurrence(linear_index(idx, self.sizes))  # (.., P)
             weights = point_weights(idx, keep, means, sigmas, values, self.learn,
-                                    method=self._method(idx.shape[-2]), cutoff=self.cutoff)
+                                    method=self.method(sigmas, idx.shape[-2]), cutoff=self.cutoff,
+                                    sizes=self.sizes)
         if shared:
             return Connections(idx, weights, None)
         b, p = idx.shape[0], idx.shape[1]
