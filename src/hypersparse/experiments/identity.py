@@ -21,7 +21,7 @@ class IdentityConfig:
     seed: int = 0
     n: int = 32
     k: int | None = None  # tuples; default n
-    sigma_scale: float = 0.05
+    sigma_scale: float = 0.07
     min_sigma: float = 0.0
     global_samples: int = 4
     local_samples: int = 4
@@ -30,7 +30,7 @@ class IdentityConfig:
     check_every: int = 10  # batches between exact-identity checks
     eval_batch: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        max_steps=5000, batch_size=64, lr=0.05, log_every=25))
+        max_steps=5000, batch_size=64, lr=0.03, log_every=25))
 
 
 def make_layer(config: IdentityConfig, device: torch.device | str = "cpu") -> SparseLayer:
@@ -86,8 +86,7 @@ class Identity(Experiment):
                 means, sigmas, _ = model.tuples(x_eval[:1])
             snaps.append((step, means.cpu().clone(), sigmas.cpu().clone()))
 
-        def callback(step: int, model: nn.Module, metrics: dict[str, float]) -> bool:
-            assert isinstance(model, SparseLayer)
+        def callback(step: int, model: Any, metrics: dict[str, float]) -> bool:
             t0 = time.perf_counter()
             if step in snap_steps:
                 snapshot(step, model)
@@ -123,7 +122,8 @@ class Identity(Experiment):
         }
 
     def evaluate(self, config: IdentityConfig, ctx: RunContext) -> dict[str, Any]:
-        layer = ctx.load_best(make_layer(config, ctx.device))
+        layer = make_layer(config, ctx.device)
+        ctx.load_best(layer)
         x_eval = torch.randn(config.eval_batch, config.n,
                              generator=ctx.generator("eval")).to(ctx.device)
         return {**identity_report(layer, x_eval), "n": config.n}
@@ -142,7 +142,8 @@ class Identity(Experiment):
         fig, axes = figure(1, len(picks) + 1, figsize=(3.2 * (len(picks) + 1), 3.3),
                            squeeze=False)
         for ax, (step, means, sigmas) in zip(axes[0], picks):
-            ax.imshow(torch.eye(n).tolist(), cmap="Greys", alpha=0.25, extent=(-0.5, n - 0.5, n - 0.5, -0.5))
+            ax.imshow(torch.eye(n).tolist(), cmap="Greys", alpha=0.25,
+                      extent=(-0.5, n - 0.5, n - 0.5, -0.5))
             for (r, c), (sr, sc) in zip(means.tolist(), sigmas.tolist()):
                 ax.add_patch(Ellipse((c, r), 2 * sc, 2 * sr, alpha=0.15, color="C0"))
             ax.scatter(means[:, 1].tolist(), means[:, 0].tolist(), s=6, color="C3")

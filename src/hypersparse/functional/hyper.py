@@ -50,8 +50,23 @@ def _check_sizes(sizes: Sequence[int]) -> list[int]:
     return sizes
 
 
+_CONSTS: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Tensor] = {}
+
+
+def const(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached small constant tensor (index lists, sizes): saves a host-to-tensor copy per call.
+    Callers must not modify it in place."""
+    key = (tuple(int(v) for v in values), dtype, torch.device(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 4096:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
+    return t
+
+
 def _size_tensor(sizes: Sequence[int], like: Tensor) -> Tensor:
-    return torch.tensor(list(sizes), dtype=like.dtype, device=like.device)
+    return const(sizes, like.dtype, like.device)
 
 
 def bound_means(raw: Tensor, sizes: Sequence[int]) -> Tensor:
@@ -148,12 +163,12 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
     mu = means.detach()
     lead = mu.shape[:-1]  # (..., K)
     nl = len(learn)
-    size_all = torch.tensor(sizes, dtype=torch.long, device=mu.device)
+    size_all = const(sizes, torch.long, mu.device)
     base = mu.round().long().clamp_(min=0)
     base = torch.minimum(base, size_all - 1)  # (..., K, R)
     if nl == 0:
         return base.unsqueeze(-2)  # (..., K, 1, R)
-    cols = torch.tensor(learn, dtype=torch.long, device=mu.device)
+    cols = const(learn, torch.long, mu.device)
     size_l = size_all[cols]  # (L,)
     mu_l = mu.index_select(-1, cols)  # (..., K, L)
     parts = []
@@ -165,7 +180,7 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
                        dtype=torch.float64)
         parts.append((u * size_l).long())  # (..., K, G, L)
     if local_samples:
-        reg = torch.tensor(regions, dtype=torch.long, device=mu.device)
+        reg = const(regions, torch.long, mu.device)
         start = (base.index_select(-1, cols) - reg // 2).clamp_(min=0)
         start = torch.minimum(start, size_l - reg)  # (..., K, L)
         u = torch.rand(*lead, local_samples, nl, generator=generator, device=mu.device,
@@ -192,7 +207,7 @@ def linear_index(points: Tensor, sizes: Sequence[int]) -> Tensor:
     if points.shape[-1] != len(sizes):
         raise ValueError(f"points must end in R={len(sizes)} columns, got {tuple(points.shape)}")
     strides = [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
-    st = torch.tensor(strides, dtype=torch.long, device=points.device)
+    st = const(strides, torch.long, points.device)
     return (points.long() * st).sum(-1)
 
 
@@ -219,14 +234,14 @@ def first_occurrence(keys: Tensor) -> Tensor:
 def _fixed_mask(points: Tensor, means: Tensor, fixed: Sequence[int]) -> Tensor | None:
     if not fixed:
         return None
-    fc = torch.tensor(list(fixed), dtype=torch.long, device=means.device)
+    fc = const(fixed, torch.long, means.device)
     pf = points.index_select(-1, fc).long().unsqueeze(-3)  # (..., 1, P, F)
     mf = means.detach().index_select(-1, fc).round().long().unsqueeze(-2)  # (..., K, 1, F)
     return (pf == mf).all(-1)  # (..., K, P)
 
 
 def _scaled_diff(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
-    cols = torch.tensor(list(learn), dtype=torch.long, device=means.device)
+    cols = const(learn, torch.long, means.device)
     pts = points.index_select(-1, cols).to(means.dtype)
     d = pts.unsqueeze(-3) - means.index_select(-1, cols).unsqueeze(-2)  # (..., K, P, L)
     return d / sigmas.unsqueeze(-2)
@@ -293,35 +308,70 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
 
 def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,
                    learn: list[int], mask: Tensor | None) -> Tensor:
-    cols = torch.tensor(learn, dtype=torch.long, device=means.device)
+    cols = const(learn, torch.long, means.device)
     mu = means.index_select(-1, cols)  # (..., K, L)
     pts = points.index_select(-1, cols).to(means.dtype)  # (..., P, L)
     # a tuple with no point in its context (only possible for hand-made points) gets weight 0
-    return _MuShift.apply(pts, mu, sigmas, values.to(means.dtype), mask)
+    return _ExactWeights.apply(pts, mu, sigmas, values.to(means.dtype), mask)
 
 
-class _MuShift(torch.autograd.Function):
-    """``_ExactWeights`` on ``p - mu``, routing its mean gradient to ``mu`` without building a
-    (K, P, L) autograd node for the subtraction."""
+#: Normalised densities below exp(-60) (~1e-26 of a tuple's total) are set to exactly zero:
+#: computing and multiplying subnormal floats is 10x slower on CPUs (measured on exp).
+LOG_FLUSH = -60.0
+
+
+def _exp_flush(x: Tensor) -> Tensor:
+    """``exp(x)`` in place, with results below ``exp(LOG_FLUSH)`` flushed to zero."""
+    small = x < LOG_FLUSH
+    return x.clamp_(min=LOG_FLUSH).exp_().masked_fill_(small, 0.0)
+
+
+def _scaled_column(pts: Tensor, mu: Tensor, inv: Tensor, i: int) -> Tensor:
+    """``(p_i - mu_ki) / sigma_ki`` for one learned column: (..., K, P), contiguous."""
+    return (pts[..., i].unsqueeze(-2) - mu[..., i].unsqueeze(-1)).mul_(inv[..., i].unsqueeze(-1))
+
+
+class _ExactWeights(torch.autograd.Function):
+    """All-pairs weights with a hand-written backward.
+
+    Works column by column on contiguous (K, P) tensors (a (K, P, L) layout with L = 2 is 4x
+    slower), keeps every exp argument in [LOG_FLUSH, 0] (exp of very negative floats takes a
+    10x slower path) and recomputes the scaled differences in backward instead of saving them.
+    With ``A_kp = N_k(p) / Z_k``, ``w_p = sum_k v_k A_kp`` and ``d = (p - mu) / sigma``:
+    ``dv_k = sum_p A_kp gw_p``, ``dlogN_kp = v_k A_kp (gw_p - dv_k)``,
+    ``dmu_kr = sum_p dlogN_kp d_kpr / sigma_kr``, ``dsigma_kr = sum_p dlogN_kp d_kpr^2 / sigma_kr``.
+    """
 
     @staticmethod
     def forward(ctx: Any, pts: Tensor, mu: Tensor, sigmas: Tensor, values: Tensor,
                 mask: Tensor | None) -> Tensor:
-        d_src = pts.unsqueeze(-3) - mu.unsqueeze(-2)  # (..., K, P, L)
-        d = d_src / sigmas.unsqueeze(-2)
-        logd = (d * d).sum(-1).mul_(-0.5)  # (..., K, P)
+        inv = sigmas.reciprocal()  # (..., K, L)
+        sq: Tensor | None = None
+        for i in range(mu.shape[-1]):
+            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            sq = t.mul_(t) if sq is None else sq.addcmul_(t, t)
+        assert sq is not None
         if mask is not None:
-            logd.masked_fill_(~mask, float("-inf"))
-        logz = torch.logsumexp(logd, dim=-1, keepdim=True).clamp_min(torch.finfo(logd.dtype).min)
-        a = logd.sub_(logz).exp_()  # (..., K, P)
-        ctx.save_for_backward(d, sigmas, values, a)
+            sq.masked_fill_(~mask, float("inf"))
+        # x = log N_k(p) - max_p log N_k(p) <= 0; a tuple with an empty context gets weight 0
+        near = sq.amin(-1, keepdim=True).clamp_max(torch.finfo(sq.dtype).max)  # (..., K, 1)
+        x = sq.sub_(near).mul_(-0.5)
+        a = torch.nn.functional.threshold_(x, LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
+        a.div_(a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny))
+        ctx.save_for_backward(pts, mu, inv, values, a)
         return (values.unsqueeze(-2) @ a).squeeze(-2)  # (..., P)
 
     @staticmethod
     def backward(ctx: Any, gw: Tensor) -> Any:
-        d, sigmas, values, a = ctx.saved_tensors
+        pts, mu, inv, values, a = ctx.saved_tensors
         gv = (a @ gw.unsqueeze(-1)).squeeze(-1)  # (..., K)
-        g = a * (gw.unsqueeze(-2) - gv.unsqueeze(-1)) * values.unsqueeze(-1)  # (..., K, P)
-        gd = (g.unsqueeze(-2) @ d).squeeze(-2)  # (..., K, L)
-        gd2 = (g.unsqueeze(-2) @ (d * d)).squeeze(-2)  # (..., K, L)
-        return None, gd / sigmas, gd2 / sigmas, gv, None
+        g = (gw.unsqueeze(-2) - gv.unsqueeze(-1)).mul_(a).mul_(values.unsqueeze(-1))  # (..., K, P)
+        gmu, gsig = [], []
+        for i in range(mu.shape[-1]):
+            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            gt = t.mul_(g)  # g * d
+            gmu.append(gt.sum(-1))
+            gsig.append((gt.mul_(_scaled_column(pts, mu, inv, i))).sum(-1))
+        gm = torch.stack(gmu, -1).mul_(inv)  # (..., K, L)
+        gs = torch.stack(gsig, -1).mul_(inv)
+        return None, gm, gs, gv, None

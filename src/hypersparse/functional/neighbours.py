@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .hyper import LOG_FLUSH, const
+
 __all__ = ["neighbour_pairs", "neighbour_weights"]
 
 
@@ -134,7 +136,7 @@ def neighbour_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas
     if sizes is None:
         sizes = (points.reshape(-1, r).amax(0) + 1).tolist() if points.numel() else [1] * r
     t, q = neighbour_pairs(points, keep, means, sigmas, sizes, learn, cutoff=cutoff)
-    cols = torch.tensor(learn, dtype=torch.long, device=means.device)
+    cols = const(learn, torch.long, means.device)
     mu = means.reshape(nb * k, r).index_select(1, cols)  # (B*K, L)
     pl = points.reshape(nb * p, r).index_select(1, cols).to(means.dtype)  # (B*P, L)
     sg = sigmas.reshape(nb * k, len(learn))  # (B*K, L)
@@ -142,7 +144,9 @@ def neighbour_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas
     logd = -0.5 * (d * d).sum(1)  # (E,)
     peak = torch.full((nb * k,), float("-inf"), dtype=logd.dtype, device=logd.device)
     peak = peak.scatter_reduce(0, t, logd.detach(), reduce="amax")  # (B*K,)
-    e = torch.exp(logd - peak.index_select(0, t))  # (E,)
+    rel = logd - peak.index_select(0, t)  # (E,) <= 0; differentiable w.r.t. logd
+    small = rel.detach() < LOG_FLUSH  # subnormal results are slow: flush them to zero
+    e = torch.exp(rel.clamp(min=LOG_FLUSH)).masked_fill(small, 0.0)  # (E,)
     z = torch.zeros(nb * k, dtype=e.dtype, device=e.device).index_add(0, t, e)  # (B*K,)
     share = e / z.index_select(0, t) * values.reshape(nb * k).to(e.dtype).index_select(0, t)
     w = torch.zeros(nb * p, dtype=e.dtype, device=e.device).index_add(0, q, share)  # (B*P,)

@@ -24,6 +24,7 @@ from ..functional.hyper import (
     MAX_LINEAR,
     bound_means,
     bound_sigmas,
+    const,
     first_occurrence,
     linear_index,
     point_weights,
@@ -231,7 +232,7 @@ class HyperLayer(nn.Module):
             means = learned
         else:
             full = self.template.to(learned.dtype).expand(lead + self.template.shape)
-            means = full.index_copy(-1, torch.tensor(self.learn, device=full.device), learned)
+            means = full.index_copy(-1, const(self.learn, torch.long, full.device), learned)
         return means, sigmas, values
 
     # ------------------------------------------------------------------ core
@@ -245,7 +246,7 @@ class HyperLayer(nn.Module):
         if pairs <= AUTO_EXACT_PAIRS:
             return "exact"
         half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
-        size = torch.tensor(self.learned_sizes, dtype=half.dtype, device=half.device)
+        size = const(self.learned_sizes, half.dtype, half.device)
         cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
         return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and float(cover) > 0.25 else "neighbours"
 
@@ -262,7 +263,7 @@ class HyperLayer(nn.Module):
         r = len(self.sizes)
         sample = self.training if sample is None else sample
         if not sample:
-            hi = torch.tensor(self.sizes, device=means.device) - 1
+            hi = const([s - 1 for s in self.sizes], torch.long, means.device)
             idx = torch.minimum(means.detach().round().long().clamp(min=0), hi)  # (.., K, R)
             weights = values
         else:
