@@ -63,27 +63,26 @@ def neighbour_pairs(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: 
     if nb * k == 0 or nb * p == 0:
         empty = torch.zeros(0, dtype=torch.long, device=dev)
         return empty, empty
-    pbatch = torch.arange(nb, device=dev).repeat_interleave(p)  # (B*P,)
     if keep is not None:
         pid = keep.reshape(-1).nonzero().squeeze(1)  # (P',) kept points
     else:
         pid = torch.arange(nb * p, device=dev)
     mu = means.detach().reshape(nb * k, r)  # (B*K, R)
     sg = sigmas.detach().reshape(nb * k, len(learn))  # (B*K, L)
-    tbatch = torch.arange(nb, device=dev).repeat_interleave(k)  # (B*K,)
 
     half = torch.clamp(sg * cutoff, min=max(1.0, math.sqrt(len(learn))))  # (B*K, L)
     # grid: cells of the median half-width (a box spans <= 3 cells per column) in 1-2 learned
     # columns; twice that above, where 3^R' cells per tuple would cost more than their points
     grow = 1.0 if len(learn) <= 2 else 2.0
-    cell = [max(1, int(grow * torch.median(half[:, i]).item())) for i in range(len(learn))]
+    med = half.median(0).values.tolist() if len(learn) else []
+    cell = [max(1, int(grow * h)) for h in med]
     ncell = [-(-sizes[c] // h) for c, h in zip(learn, cell)]
 
     # keys of the kept points: (batch, fixed columns, learned cells) in mixed radix
     kp = pts.index_select(0, pid)  # (P', R)
-    digits = [pbatch.index_select(0, pid)] + [kp[:, c] for c in fixed]
+    digits = ([pid // p] if nb > 1 else []) + [kp[:, c] for c in fixed]
     digits += [kp[:, c] // h for c, h in zip(learn, cell)]
-    radices = [nb] + [sizes[c] for c in fixed] + ncell
+    radices = ([nb] if nb > 1 else []) + [sizes[c] for c in fixed] + ncell
     pkey, order = torch.sort(_mixed_radix(digits, radices))  # (P',)
 
     # each tuple's box of cells
@@ -104,7 +103,7 @@ def neighbour_pairs(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: 
         off = off // e_i
     cells.reverse()
     fixed_t = mu.index_select(0, tup)[:, fixed].round().long() if fixed else None
-    qdigits = [tbatch.index_select(0, tup)]
+    qdigits = [tup // k] if nb > 1 else []
     qdigits += [fixed_t[:, j] for j in range(len(fixed))] if fixed_t is not None else []
     qkey = _mixed_radix(qdigits + cells, radices)  # (C,)
     first = torch.searchsorted(pkey, qkey)
