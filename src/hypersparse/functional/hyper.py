@@ -356,7 +356,7 @@ class _ExactWeights(torch.autograd.Function):
         # x = log N_k(p) - max_p log N_k(p) <= 0; a tuple with an empty context gets weight 0
         near = sq.amin(-1, keepdim=True).clamp_max(torch.finfo(sq.dtype).max)  # (..., K, 1)
         x = sq.sub_(near).mul_(-0.5)
-        a = torch.nn.functional.threshold_(x, LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
+        a = torch.threshold_(x, LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
         a.div_(a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny))
         ctx.save_for_backward(pts, mu, inv, values, a)
         return (values.unsqueeze(-2) @ a).squeeze(-2)  # (..., P)
