@@ -233,7 +233,7 @@ def table() -> str:
 
     res = json.loads((ROOT / "results" / "hyperlayer.json").read_text())
     lin = {r["n"]: r for r in res["linear"]}
-    out = ["| n (K = n) | state | normalisation | pairs evaluated | CPU ms/step | wall ms/step "
+    out = ["| n (K = n) | state | normalisation | pairs within cutoff | CPU ms/step | wall ms/step "
            "(median) | 2019 code ms | speed-up (CPU) | nn.Linear CPU ms |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in res["vs_original"]:
