@@ -203,35 +203,42 @@ def sparse_encode(
     if max_iter == 0 or B == 0 or M == 0:
         return SparseCode(z.clone(), 0, False)
 
-    L = lipschitz_constant(dictionary) if lipschitz is None else torch.as_tensor(
-        lipschitz, dtype=x.dtype, device=x.device
-    )
-    if not bool(L > 0):
-        raise ValueError(f"the dictionary's Lipschitz constant must be > 0, got {float(L)}")
-    step = 1.0 / L
-    thr = alpha * step
+    L = float(lipschitz_constant(dictionary) if lipschitz is None else lipschitz)
+    if not L > 0:
+        raise ValueError(f"the dictionary's Lipschitz constant must be > 0, got {L}")
+    step, thr = 1.0 / L, alpha / L
     DT = dictionary.t()  # (N, M)
-    xDT = x @ DT  # (B, M)
-    gram = dictionary @ DT if M < 2 * N else None  # (M, M)
+    if M < 2 * N:
+        # v = y - step * (y G - x D^T) = y S + c with S = I - step * G: one (B, M)x(M, M) product
+        S = torch.eye(M, dtype=x.dtype, device=x.device) - step * (dictionary @ DT)  # (M, M)
+        c = step * (x @ DT)  # (B, M)
 
-    def grad(v: Tensor) -> Tensor:
-        return v @ gram - xDT if gram is not None else (v @ dictionary - x) @ DT  # (B, M)
+        def gradient_step(v: Tensor) -> Tensor:
+            return torch.addmm(c, v, S)  # (B, M)
+    else:
+        # two thin products: r = v D - x (B, N), then v - step * r D^T (B, M)
+
+        def gradient_step(v: Tensor) -> Tensor:
+            return torch.addmm(v, torch.addmm(x, v, dictionary, beta=-1), DT, alpha=-step)
 
     y = z
-    t = x.new_ones(B, 1)  # per-row momentum sequence
+    t = x.new_ones(B, 1) if restart else 1.0  # momentum sequence (per row with restart)
     converged = False
     k = 0
     while k < max_iter:
         k += 1
-        z_new = soft_threshold(y - step * grad(y), thr, nonneg)
+        z_new = soft_threshold(gradient_step(y), thr, nonneg)
         if accelerated:
             delta = z_new - z  # (B, M)
-            if restart:
+            if isinstance(t, Tensor):
                 # restart rows whose step points uphill: <y - z_new, z_new - z> > 0
-                bad = ((y - z_new) * delta).sum(1, keepdim=True) > 0  # (B, 1)
-                t = torch.where(bad, torch.ones_like(t), t)
-            t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-            y = z_new + ((t - 1.0) / t_new) * delta
+                bad = torch.linalg.vecdot(y - z_new, delta).unsqueeze(1) > 0  # (B, 1)
+                t = torch.where(bad, 1.0, t)
+                t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
+                y = torch.addcmul(z_new, (t - 1.0) / t_new, delta)
+            else:
+                t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+                y = torch.add(z_new, delta, alpha=(t - 1.0) / t_new)
             t = t_new
         else:
             y = z_new
