@@ -482,7 +482,7 @@ def test_spatial_pairs(labels: bool) -> None:
     sim = l == 0
     assert sim.sum() == 200
     assert torch.all(bi[sim] == bj[sim])
-    assert torch.all((i[sim] != j[sim]))
+    assert torch.all(i[sim] != j[sim])
     assert torch.all((hi[sim] - hj[sim]).abs() <= 1) and torch.all((wi[sim] - wj[sim]).abs() <= 1)
     assert torch.all(bi[~sim] != bj[~sim])
     if labels:

@@ -1,4 +1,4 @@
-"""Dictionary learning: ``min_{D, Z} sum_b 1/2 ||x_b - z_b D||^2 + alpha ||z_b||_1``, unit-norm atoms.
+"""Dictionary learning: ``min_{D, Z} sum_b 1/2 ||x_b - z_b D||^2 + alpha ||z_b||_1``, unit atoms.
 
 Two drivers share one dictionary update, the block-coordinate descent of Mairal, Bach, Ponce &
 Sapiro (JMLR 2010, Algorithm 2) on the sufficient statistics ``A = sum z^T z`` (M, M) and
@@ -220,7 +220,7 @@ class OnlineDictionaryLearner(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._check_x(x)
         return sparse_encode(x, self.dictionary, self.alpha, max_iter=self.n_iter, tol=self.tol,
-                             nonneg=self.nonneg).codes
+                             nonneg=self.nonneg, check_every=10).codes
 
     @torch.no_grad()
     def partial_fit(self, x: Tensor) -> Tensor:
@@ -335,7 +335,7 @@ def learn_dictionary(
     for _ in range(n_iter):
         L = lipschitz_constant(D)
         codes = sparse_encode(x, D, alpha, max_iter=encode_iter, tol=tol, init=codes,
-                              nonneg=nonneg, lipschitz=L).codes
+                              nonneg=nonneg, lipschitz=L, check_every=10).codes
         A = codes.t() @ codes  # (M, M)
         Bs = codes.t() @ x  # (M, N)
         dead = A.diagonal() <= 1e-10
