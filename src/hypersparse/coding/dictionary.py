@@ -20,7 +20,7 @@ Axis letters: B batch, N signal size, M atoms.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -186,7 +186,7 @@ class OnlineDictionaryLearner(nn.Module):
         self.alpha = _check_alpha(alpha)
         self.nonneg, self.n_iter, self.tol = bool(nonneg), n_iter, float(tol)
         self.dead_threshold, self.resample_every = float(dead_threshold), resample_every
-        kw = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.register_buffer("dictionary", torch.zeros(n_atoms, n_features, **kw))
         self.register_buffer("A", torch.zeros(n_atoms, n_atoms, **kw))
         self.register_buffer("Bs", torch.zeros(n_atoms, n_features, **kw))

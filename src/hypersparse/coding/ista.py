@@ -222,7 +222,8 @@ def sparse_encode(
             return torch.addmm(v, torch.addmm(x, v, dictionary, beta=-1), DT, alpha=-step)
 
     y = z
-    t = x.new_ones(B, 1) if restart else 1.0  # momentum sequence (per row with restart)
+    t_rows = x.new_ones(B, 1) if restart else None  # per-row momentum sequence (restart)
+    t = 1.0  # the shared sequence without restart: plain floats, no sync
     converged = False
     k = 0
     while k < max_iter:
@@ -230,16 +231,17 @@ def sparse_encode(
         z_new = soft_threshold(gradient_step(y), thr, nonneg)
         if accelerated:
             delta = z_new - z  # (B, M)
-            if isinstance(t, Tensor):
+            if t_rows is not None:
                 # restart rows whose step points uphill: <y - z_new, z_new - z> > 0
                 bad = torch.linalg.vecdot(y - z_new, delta).unsqueeze(1) > 0  # (B, 1)
-                t = torch.where(bad, 1.0, t)
-                t_new = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t * t))
-                y = torch.addcmul(z_new, (t - 1.0) / t_new, delta)
+                t_rows = torch.where(bad, 1.0, t_rows)
+                t_next = 0.5 * (1.0 + torch.sqrt(1.0 + 4.0 * t_rows * t_rows))
+                y = torch.addcmul(z_new, (t_rows - 1.0) / t_next, delta)
+                t_rows = t_next
             else:
                 t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
                 y = torch.add(z_new, delta, alpha=(t - 1.0) / t_new)
-            t = t_new
+                t = t_new
         else:
             y = z_new
         if tol > 0 and k % check_every == 0:

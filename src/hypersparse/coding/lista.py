@@ -13,7 +13,7 @@ Axis letters: B batch, N signal size, M atoms, T unrolled steps.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -63,7 +63,7 @@ class LISTA(nn.Module):
         self.n_features, self.n_atoms, self.n_steps = n_features, n_atoms, n_steps
         self.shared, self.nonneg = bool(shared), bool(nonneg)
         t = 1 if shared else n_steps
-        kw = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight_e = nn.Parameter(torch.empty(t, n_atoms, n_features, **kw))
         self.weight_s = nn.Parameter(torch.empty(t, n_atoms, n_atoms, **kw))
         self.threshold = nn.Parameter(torch.empty(t, n_atoms, **kw))
