@@ -51,8 +51,18 @@ def _compress2(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                         "rows": rows}}
 
 
+def _hyperlayer(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    linear = {r["n"]: r["cpu_ms"] for r in d["linear"]}
+    rows = [[r["n"], r["state"], r["method"], f"{100 * r['pair_fraction']:.3g}%", r["cpu_ms"],
+             r["original_ms"], f"{r['speedup_cpu']:.1f}x", linear.get(r["n"])]
+            for r in d["vs_original"]]
+    return {"speed": {"columns": ["n (K = n)", "state", "normalisation", "pairs evaluated",
+                                  "CPU ms / step", "2019 code ms", "speed-up", "nn.Linear CPU ms"],
+                      "rows": rows}}
+
+
 # Results files written before the "tables" convention get a renderer here.
-RENDERERS = {"huffman": _huffman, "compress2": _compress2}
+RENDERERS = {"huffman": _huffman, "compress2": _compress2, "hyperlayer": _hyperlayer}
 
 
 def tables() -> dict[str, str]:
