@@ -34,8 +34,9 @@ RESULTS = ROOT / "results"
 __all__ = ["timeit", "peak_rss", "write_results", "machine", "ROOT", "RESULTS"]
 
 
-def timeit(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3,
-           min_time: float = 0.0) -> dict[str, float]:
+def timeit(
+    fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3, min_time: float = 0.0
+) -> dict[str, float]:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed ones (at least ``min_time``
     seconds in total). Returns median, min, mean and interquartile range in seconds."""
     for _ in range(warmup):
@@ -61,24 +62,38 @@ def timeit(fn: Callable[[], Any], *, repeats: int = 20, warmup: int = 3,
 
 
 def peak_rss(code: str, *, timeout: float = 600, env: dict[str, str] | None = None) -> int:
-    """Peak resident memory in bytes (``ru_maxrss``) of ``python -c code`` in a fresh child.
+    """Peak resident memory in bytes of ``code`` run by a fresh Python child.
 
-    The child's own ``ru_maxrss`` is reported back on its last line, so other children of this
-    process do not contaminate the figure.
+    The child reports its own high-water mark (``VmHWM`` from ``/proc/self/status``; else
+    ``ru_maxrss``) on its last line, so this process and its other children do not contaminate
+    the figure.
     """
+    # VmHWM is this process's own peak; ru_maxrss can carry a large parent's figure over fork.
     wrapper = (
         code
-        + "\nimport resource, sys\n"
-        + "print('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        + "\nimport resource\n"
+        + "try:\n"
+        + "    _hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        + "    print('__RSS__', int(_hwm[0].split()[1]))\n"
+        + "except (OSError, IndexError):\n"
+        + "    print('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(wrapper)
         path = f.name
     try:
         out = subprocess.run(
-            [sys.executable, path], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, **(env or {}), "PYTHONPATH": os.pathsep.join(
-                [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])},
+            [sys.executable, path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={
+                **os.environ,
+                **(env or {}),
+                "PYTHONPATH": os.pathsep.join(
+                    [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
+                ),
+            },
         )
     finally:
         os.unlink(path)
@@ -105,13 +120,15 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     """Write ``results/<name>.json`` atomically with the machine description attached."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    payload = {"benchmark": name, "machine": machine(),
-               "measured": time.strftime("%Y-%m-%d"), **data}
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "measured": time.strftime("%Y-%m-%d"),
+        **data,
+    }
     fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
     return path
-
-

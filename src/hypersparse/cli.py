@@ -1,16 +1,18 @@
-"""The ``hypersparse`` command: ``list``, ``run``, ``eval``."""
+"""The ``hypersparse`` command: ``list``, ``run``, ``eval``, ``report`` and plug-in commands."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "PLUGINS"]
 
-# Subcommands added by other modules register here: name -> (configure parser, handler).
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+# Modules that add subcommands through their ``add_commands(subparsers)``.
+PLUGINS = ("hypersparse.report", "hypersparse.compress.cli")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -28,12 +30,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     seeds = parse_seeds(args.seeds) if args.seeds else None
     run_dir = run_experiment(
-        args.name, args.set, seeds=seeds, out=args.out, resume=args.resume,
-        device=args.device, progress=not args.quiet,
+        args.name,
+        args.set,
+        seeds=seeds,
+        out=args.out,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
     )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    print(json.dumps(summary, indent=2))
-    print(f"run directory: {run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        print(json.dumps(summary, indent=2))
+        print(f"run directory: {run_dir}")
     return 0
 
 
@@ -54,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run an experiment")
     p.add_argument("name", help="experiment name (see `hypersparse list`)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (dotted, repeatable); preset=NAME applies first")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted, repeatable); preset=NAME applies first",
+    )
     p.add_argument("--seeds", help="run several seeds, e.g. 0-4 or 1,3,7, and aggregate")
     p.add_argument("--out", help="run directory (default runs/NAME-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -68,10 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_cmd_eval)
 
-    for name, (configure, handler) in COMMANDS.items():
-        p = sub.add_parser(name)
-        configure(p)
-        p.set_defaults(func=handler)
+    for module in PLUGINS:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 

@@ -153,7 +153,9 @@ def apply_overrides(config: C, overrides: Mapping[str, Any] | Iterable[tuple[str
         try:
             config = _set(config, key.split("."), value, key, valid)
         except KeyError:
-            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}") from None
+            raise ValueError(
+                f"unknown config key {key!r}; valid keys: {', '.join(valid)}"
+            ) from None
     return config
 
 

@@ -52,6 +52,35 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
 
 
+def _distributed(device: str) -> tuple[int, int, torch.device, bool]:
+    """Rank, world size, device and whether this call created the process group.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) joins the group: gloo on CPU, nccl on CUDA (one GPU
+    per local rank).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        return 0, 1, dev, False
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(dev)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev, created
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"1,3,7"`` -> [1, 3, 7]; ``"2"`` -> [2]."""
     seeds: list[int] = []
@@ -76,8 +105,11 @@ def parse_seeds(text: str) -> list[int]:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-            text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -252,8 +284,17 @@ def _default_out(name: str) -> Path:
 
 
 def _run_one(
-    exp: Any, config: Any, preset: str | None, run_dir: Path, seed: int, device: torch.device,
-    resume: bool, progress: bool, assignments: Sequence[str],
+    exp: Any,
+    config: Any,
+    preset: str | None,
+    run_dir: Path,
+    seed: int,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    assignments: Sequence[str],
+    rank: int = 0,
+    world: int = 1,
 ) -> dict[str, Any]:
     config_path = run_dir / "config.json"
     if config_path.exists() and not resume:
@@ -262,14 +303,29 @@ def _run_one(
         saved = json.loads(config_path.read_text())
         if saved["config"] != json.loads(json.dumps(config_to_dict(config))):
             raise ValueError(f"--resume: the config differs from the one saved in {config_path}")
+    _barrier(world)  # every rank has checked before rank 0 writes
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    ctx = RunContext(run_dir=run_dir, config=config, seed=seed, device=device, resume=resume,
-                     progress=progress)
+    ctx = RunContext(
+        run_dir=run_dir,
+        config=config,
+        seed=seed,
+        device=device,
+        resume=resume,
+        progress=progress,
+        rank=rank,
+        world_size=world,
+    )
     if ctx.is_main:
-        atomic_write_json(config_path, {"experiment": exp.name, "preset": preset,
-                                        "overrides": list(assignments),
-                                        "config": config_to_dict(config)})
+        atomic_write_json(
+            config_path,
+            {
+                "experiment": exp.name,
+                "preset": preset,
+                "overrides": list(assignments),
+                "config": config_to_dict(config),
+            },
+        )
         atomic_write_json(run_dir / "env.json", environment(device))
     try:
         summary = dict(exp.run(config, ctx))
@@ -307,22 +363,56 @@ def run_experiment(
 
     exp = get_experiment(name)()
     config, preset = resolve_config(type(exp), assignments)
-    dev = resolve_device(device)
     if resume and out is None:
         raise ValueError("--resume needs --out DIR (the run to continue)")
+    if out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("under torchrun, pass --out DIR (every rank must agree on it)")
     run_dir = Path(out) if out is not None else _default_out(name)
-    if seeds is None or len(seeds) == 1:
-        if seeds:
-            config = apply_overrides(config, {"seed": seeds[0]})
-        _run_one(exp, config, preset, run_dir, config.seed, dev, resume, progress, assignments)
+    rank, world, dev, created = _distributed(device)
+    try:
+        if seeds is None or len(seeds) == 1:
+            if seeds:
+                config = apply_overrides(config, {"seed": seeds[0]})
+            _run_one(
+                exp,
+                config,
+                preset,
+                run_dir,
+                config.seed,
+                dev,
+                resume,
+                progress,
+                assignments,
+                rank,
+                world,
+            )
+            _barrier(world)
+            return run_dir
+        summaries = {}
+        for s in seeds:
+            cfg = apply_overrides(config, {"seed": s})
+            summaries[s] = _run_one(
+                exp,
+                cfg,
+                preset,
+                run_dir / f"seed-{s}",
+                s,
+                dev,
+                resume,
+                progress,
+                assignments,
+                rank,
+                world,
+            )
+        if rank == 0:
+            atomic_write_json(run_dir / "summary.json", aggregate_summaries(summaries))
+        _barrier(world)
         return run_dir
-    summaries = {}
-    for s in seeds:
-        cfg = apply_overrides(config, {"seed": s})
-        summaries[s] = _run_one(exp, cfg, preset, run_dir / f"seed-{s}", s, dev, resume, progress,
-                                assignments)
-    atomic_write_json(run_dir / "summary.json", aggregate_summaries(summaries))
-    return run_dir
+    finally:
+        if created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 def evaluate_run(run_dir: str | os.PathLike[str], device: str = "auto") -> dict[str, Any]:
@@ -335,16 +425,23 @@ def evaluate_run(run_dir: str | os.PathLike[str], device: str = "auto") -> dict[
         seed_dirs = sorted(run_dir.glob("seed-*/config.json"))
         if not seed_dirs:
             raise FileNotFoundError(f"{run_dir} holds no config.json (not a run directory)")
-        results = {int(p.parent.name.split("-")[1]): evaluate_run(p.parent, device)
-                   for p in seed_dirs}
+        results = {
+            int(p.parent.name.split("-")[1]): evaluate_run(p.parent, device) for p in seed_dirs
+        }
         agg = aggregate_summaries(results)
         atomic_write_json(run_dir / "eval.json", agg)
         return agg
     saved = json.loads(config_path.read_text())
     exp = get_experiment(saved["experiment"])()
     config = config_from_dict(type(exp).Config, saved["config"])
-    ctx = RunContext(run_dir=run_dir, config=config, seed=config.seed,
-                     device=resolve_device(device), resume=True, progress=False)
+    ctx = RunContext(
+        run_dir=run_dir,
+        config=config,
+        seed=config.seed,
+        device=resolve_device(device),
+        resume=True,
+        progress=False,
+    )
     try:
         result = dict(exp.evaluate(config, ctx))
     finally:

@@ -186,7 +186,9 @@ class SyntheticBatches:
         return self._len
 
     def batch(self, epoch: int, index: int) -> Batch:
-        g = torch.Generator().manual_seed(derive_seed(self.seed, "synthetic", self.rank, epoch, index))
+        g = torch.Generator().manual_seed(
+            derive_seed(self.seed, "synthetic", self.rank, epoch, index)
+        )
         return self.make(self.batch_size, g)
 
 
@@ -235,6 +237,33 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
+def _shard(batch: Batch, rank: int, world_size: int) -> Batch:
+    """This process's rows of a global batch (rows rank, rank + W, ...)."""
+    if world_size == 1:
+        return batch
+    n = batch[0].shape[0]
+    if n % world_size:
+        raise ValueError(f"global batch of {n} does not split evenly over {world_size} processes")
+    return tuple(t[rank::world_size] for t in batch)
+
+
+def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    if world_size == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def _epoch_hooks(model: nn.Module) -> None:
     # Modules with per-epoch state (e.g. k-winners boost decay) advance it in a buffer.
     for m in model.modules():
@@ -275,6 +304,12 @@ def fit(
     Returns:
         A :class:`FitResult`. A finished stage found on ``--resume`` is not retrained: its best
         weights are loaded and its result returned.
+
+    Under ``torchrun`` (``ctx.world_size > 1``) the model is wrapped in
+    ``DistributedDataParallel`` and ``loss_fn`` receives the wrapper (call it, don't reach into
+    its attributes); each global batch from ``train`` is split row-wise over the processes, so
+    N processes see the same data per step as one and gradients are averaged exactly. Only rank
+    0 writes files.
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -296,7 +331,7 @@ def fit(
         "last_metrics": {},
     }
     if ctx.resume and last_path.exists():
-        ckpt = load_checkpoint(last_path)
+        ckpt = load_checkpoint(last_path, map_location=ctx.device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         state.update(ckpt["state"])
@@ -336,13 +371,29 @@ def fit(
         if state["best"] is None or better(value, state["best"]):
             state["best"], state["best_step"] = value, step
             if ctx.is_main:
-                save_checkpoint({"model": model.state_dict(), "step": step, select: value}, best_path)
+                save_checkpoint(
+                    {"model": model.state_dict(), "step": step, select: value}, best_path
+                )
         return metrics
 
     from tqdm.auto import tqdm
 
+    world = ctx.world_size
+    trained: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=ids)
+
     model.train()
-    pbar = tqdm(total=total, initial=state["step"], desc=stage, disable=not ctx.progress, leave=False)
+    pbar = tqdm(
+        total=total,
+        initial=state["step"],
+        desc=stage,
+        disable=not (ctx.progress and ctx.is_main),
+        leave=False,
+    )
     window: dict[str, float] = {}
     window_n = 0
     consistent = True
@@ -352,12 +403,12 @@ def fit(
             epoch, index = divmod(step, steps_per_epoch)
             t0 = time.perf_counter()
             torch.manual_seed(derive_seed(ctx.seed, "step", ctx.rank, step))
-            batch = _to_device(train.batch(epoch, index), ctx.device)
+            batch = _to_device(_shard(train.batch(epoch, index), ctx.rank, world), ctx.device)
             factor = lr_factor(config, step, total, steps_per_epoch)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
-            out = loss_fn(model, batch)
-            loss, extra = (out if isinstance(out, tuple) else (out, {}))
+            out = loss_fn(trained, batch)
+            loss, extra = out if isinstance(out, tuple) else (out, {})
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"stage {stage!r}: loss is {loss.item()} at step {step}")
             consistent = False
@@ -377,8 +428,16 @@ def fit(
             metrics: dict[str, float] = {}
             if step % config.log_every == 0 or step == total:
                 metrics = {k: v / window_n for k, v in window.items()}
-                ctx.log({"stage": stage, "split": "train", "step": step,
-                         "epoch": step / steps_per_epoch, "lr": base_lrs[0] * factor, **metrics})
+                ctx.log(
+                    {
+                        "stage": stage,
+                        "split": "train",
+                        "step": step,
+                        "epoch": step / steps_per_epoch,
+                        "lr": base_lrs[0] * factor,
+                        **metrics,
+                    }
+                )
                 pbar.set_postfix(loss=f"{metrics['loss']:.4g}", refresh=False)
                 state["last_metrics"] = metrics
                 window, window_n = {}, 0
@@ -391,7 +450,7 @@ def fit(
                 metrics = {**metrics, **run_validation(step)}
             pbar.update(1)
             stop = any(bool(cb(step, model, metrics)) for cb in callbacks)
-            if stop:
+            if _any_rank(stop, world, ctx.device):
                 state["stopped_early"] = True
                 break
             if epoch_end or (config.checkpoint_every and step % config.checkpoint_every == 0):
@@ -407,6 +466,7 @@ def fit(
         run_validation(state["step"])
     state["done"] = True
     checkpoint()
+    _barrier(world)
     if validate is not None and best_path.exists():
         model.load_state_dict(load_checkpoint(best_path, map_location=ctx.device)["model"])
     elif validate is None and ctx.is_main:

@@ -1,7 +1,7 @@
 """Datasets: the IDX reader, MNIST/Fashion-MNIST under the one split rule."""
 
 from .idx import IDXError, read_idx, write_idx
-from .mnist import (
+from .splits import (
     Digits,
     download_files,
     fashion_mnist,

@@ -6,6 +6,7 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ import torch
 __all__ = ["read_idx", "write_idx", "IDXError"]
 
 # IDX type codes -> (numpy big-endian dtype, torch dtype)
-_TYPES = {
+_TYPES: dict[int, tuple[np.dtype[Any], torch.dtype]] = {
     0x08: (np.dtype(">u1"), torch.uint8),
     0x09: (np.dtype(">i1"), torch.int8),
     0x0B: (np.dtype(">i2"), torch.int16),

@@ -37,7 +37,9 @@ class Experiment:
         raise NotImplementedError(f"experiment {self.name!r} does not support eval")
 
 
-def register_experiment(name: str, help: str = "") -> Callable[[type[Experiment]], type[Experiment]]:
+def register_experiment(
+    name: str, help: str = ""
+) -> Callable[[type[Experiment]], type[Experiment]]:
     """Class decorator adding an :class:`Experiment` subclass to the registry under ``name``."""
 
     def wrap(cls: type[Experiment]) -> type[Experiment]:

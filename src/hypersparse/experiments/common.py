@@ -14,7 +14,9 @@ def accuracy(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(-1) == labels).float().mean())
 
 
-def classification_loss(model: nn.Module, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, float]]:
+def classification_loss(
+    model: nn.Module, batch: tuple[Tensor, ...]
+) -> tuple[Tensor, dict[str, float]]:
     """Cross-entropy on ``(inputs, labels)``, with the batch accuracy as a metric."""
     x, y = batch
     logits = model(x)

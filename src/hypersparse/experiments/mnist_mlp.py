@@ -22,7 +22,9 @@ class MnistMLPConfig:
     seed: int = 0
     dataset: Literal["mnist", "fashion"] = "mnist"
     hidden: tuple[int, ...] = (300, 100)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, batch_size=64, lr=1e-3))
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=5, batch_size=64, lr=1e-3)
+    )
 
 
 def mlp(widths: tuple[int, ...], n_in: int = 784, n_out: int = 10) -> nn.Sequential:
@@ -47,21 +49,34 @@ class MnistMLP(Experiment):
         train = digits(config.dataset, "train")
         val = digits(config.dataset, "val")
         model = self._model(config, ctx)
-        source = TensorBatches((train.float(), train.labels), config.train.batch_size, seed=config.seed)
+        source = TensorBatches(
+            (train.float(), train.labels), config.train.batch_size, seed=config.seed
+        )
         vx, vy = val.float().to(ctx.device), val.labels.to(ctx.device)
 
         def validate(m: nn.Module) -> dict[str, float]:
             logits = m(vx)
-            return {"val_loss": float(F.cross_entropy(logits, vy)), "val_accuracy": accuracy(logits, vy)}
+            return {
+                "val_loss": float(F.cross_entropy(logits, vy)),
+                "val_accuracy": accuracy(logits, vy),
+            }
 
-        result = ctx.fit(model, classification_loss, source, config=config.train, validate=validate,
-                         select="val_accuracy", mode="max")
+        result = ctx.fit(
+            model,
+            classification_loss,
+            source,
+            config=config.train,
+            validate=validate,
+            select="val_accuracy",
+            mode="max",
+        )
         summary = self.evaluate(config, ctx, model)
         summary.update(best_step=result.best_step, train_seconds=result.train_seconds)
         return summary
 
-    def evaluate(self, config: MnistMLPConfig, ctx: RunContext, model: nn.Module | None = None
-                 ) -> dict[str, Any]:
+    def evaluate(
+        self, config: MnistMLPConfig, ctx: RunContext, model: nn.Module | None = None
+    ) -> dict[str, Any]:
         if model is None:
             model = ctx.load_best(self._model(config, ctx))
         model.eval()
@@ -74,5 +89,3 @@ class MnistMLP(Experiment):
         out["params"] = count_parameters(model)
         out["data_source"] = digits(config.dataset, "test").source
         return out
-
-

@@ -129,7 +129,12 @@ _NAMES = {
 
 
 def _file(directory: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+    for name in (
+        stem + ".gz",
+        stem,
+        stem.replace("-idx", ".idx") + ".gz",
+        stem.replace("-idx", ".idx"),
+    ):
         if (directory / name).is_file():
             return directory / name
     return None
@@ -287,7 +292,9 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
 
 
-def mnist(split: Split, root: str | os.PathLike[str] | None = None, download: bool = False) -> Digits:
+def mnist(
+    split: Split, root: str | os.PathLike[str] | None = None, download: bool = False
+) -> Digits:
     """MNIST digits of one split under the package's split rule (see module docstring).
 
     Args:

@@ -1,0 +1,115 @@
+"""Generate the README's tables from ``results/*.json``; ``--check`` fails if they are stale.
+
+A results file may hold ``"tables": {NAME: {"columns": [...], "rows": [[...], ...]}}``; each is
+rendered between ``<!-- table:FILE/NAME -->`` and ``<!-- /table:FILE/NAME -->`` in README.md,
+where FILE is the results file's stem. Numbers are never typed into the README by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.4g}" if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return "" if v is None else str(v)
+
+
+def render(table: dict[str, Any]) -> str:
+    cols = table["columns"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table["rows"]]
+    if table.get("note"):
+        lines += ["", table["note"]]
+    return "\n".join(lines)
+
+
+def _huffman(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["data"], r["symbols"], r["bits_per_symbol"], r["decode_msym_per_s"],
+             r["dahuffman_decode_msym_per_s"], r["speedup_vs_dahuffman"]] for r in d["rows"]]
+    return {"decode": {"columns": ["symbols", "n", "bits / symbol", "decode M sym/s",
+                                   "dahuffman M sym/s", "speed-up"], "rows": rows}}
+
+
+def _compress2(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["method"], "yes" if r["finetuned"] else "no", r["test_accuracy"], r["kilobytes"],
+             r["ratio"]] for r in d["rows"]]
+    return {"methods": {"columns": ["method", "fine-tuned", "test accuracy", "KB", "x smaller"],
+                        "rows": rows}}
+
+
+def _hyperlayer(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    linear = {r["n"]: r["cpu_ms"] for r in d["linear"]}
+    rows = [[r["n"], r["state"], r["method"], f"{100 * r['pair_fraction']:.3g}%", r["cpu_ms"],
+             r["original_ms"], f"{r['speedup_cpu']:.1f}x", linear.get(r["n"])]
+            for r in d["vs_original"]]
+    return {"speed": {"columns": ["n (K = n)", "state", "normalisation", "pairs evaluated",
+                                  "CPU ms / step", "2019 code ms", "speed-up", "nn.Linear CPU ms"],
+                      "rows": rows}}
+
+
+# Results files written before the "tables" convention get a renderer here.
+RENDERERS = {"huffman": _huffman, "compress2": _compress2, "hyperlayer": _hyperlayer}
+
+
+def tables() -> dict[str, str]:
+    out = {}
+    for path in sorted((ROOT / "results").glob("*.json")):
+        data = json.loads(path.read_text())
+        found = dict(data.get("tables", {}))
+        if path.stem in RENDERERS:
+            found.update(RENDERERS[path.stem](data))
+        for name, table in found.items():
+            out[f"{path.stem}/{name}"] = render(table)
+    return out
+
+
+def update(text: str, rendered: dict[str, str]) -> tuple[str, list[str]]:
+    missing = []
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in rendered:
+            missing.append(key)
+            return m.group(0)
+        return f"<!-- table:{key} -->\n{rendered[key]}\n<!-- /table:{key} -->"
+
+    pattern = re.compile(r"<!-- table:(\S+) -->.*?<!-- /table:\1 -->", re.S)
+    return pattern.sub(sub, text), missing
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if README.md is stale")
+    args = parser.parse_args()
+    text = README.read_text()
+    new, missing = update(text, tables())
+    if missing:
+        print(f"README refers to tables with no results: {missing}", file=sys.stderr)
+        return 1
+    if args.check:
+        if new != text:
+            print(
+                "README tables are stale: run python benchmarks/readme_tables.py", file=sys.stderr
+            )
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

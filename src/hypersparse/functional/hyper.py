@@ -1,0 +1,377 @@
+"""The sparse hyperlayer's pure tensor functions (seeds 000-002; DESIGN.md, "The adaptive sparse
+hyperlayer").
+
+A weight tensor of shape ``out_shape + in_shape`` (rank R) is K continuous index tuples: a mean
+in index space, a per-dimension standard deviation and a value per tuple. In training each tuple
+samples integer points (its floor/ceil corners, G global and L local uniform points); every point
+sampled in a context (the whole layer, or one instance of an adaptive layer) gets the weight
+
+    w(p) = sum_k v_k * N_k(p) / Z_k,    N_k(p) = exp(-0.5 * sum_r ((p_r - mu_kr) / sigma_kr)^2),
+
+with ``Z_k`` the sum of ``N_k`` over the distinct points of the context. Only the ``learn``
+columns are Gaussian; the other (template) columns are exact: ``N_k(p) = 0`` unless ``p`` equals
+``round(mu_k)`` there. **Convention: sigma is a standard deviation.**
+
+Axis letters: B batch, K tuples, S samples per tuple, P points in a context (K*S), R tuple rank,
+R' learned columns (written ``L`` in shape comments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "bound_means",
+    "bound_sigmas",
+    "sample_points",
+    "linear_index",
+    "first_occurrence",
+    "log_densities",
+    "point_weights",
+    "MAX_LINEAR",
+]
+
+#: Largest number of addressable index tuples (B * prod(sizes) must stay below int64's range).
+MAX_LINEAR = 2**62
+
+
+def _check_sizes(sizes: Sequence[int]) -> list[int]:
+    sizes = [int(s) for s in sizes]
+    if not sizes or any(s < 1 for s in sizes):
+        raise ValueError(f"sizes must be a non-empty sequence of positive ints, got {sizes}")
+    if math.prod(sizes) >= MAX_LINEAR:
+        raise ValueError(f"prod(sizes) = {math.prod(sizes)} exceeds the int64 index range")
+    return sizes
+
+
+_CONSTS: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Tensor] = {}
+
+
+def const(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached small constant tensor (index lists, sizes): saves a host-to-tensor copy per call.
+    Callers must not modify it in place."""
+    key = (tuple(int(v) for v in values), dtype, torch.device(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 4096:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
+    return t
+
+
+def _size_tensor(sizes: Sequence[int], like: Tensor) -> Tensor:
+    return const(sizes, like.dtype, like.device)
+
+
+def bound_means(raw: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Map unbounded raw means into index space: ``sigmoid(raw) * (size - 1)`` per column.
+
+    Shape:
+        raw: (..., L) with ``L == len(sizes)``; output: same.
+
+    Example:
+        >>> bound_means(torch.zeros(1, 2), [5, 11])
+        tensor([[2., 5.]])
+    """
+    sizes = _check_sizes(sizes)
+    if raw.shape[-1] != len(sizes):
+        raise ValueError(f"raw means must end in {len(sizes)} columns, got {tuple(raw.shape)}")
+    return torch.sigmoid(raw) * (_size_tensor(sizes, raw) - 1)
+
+
+def bound_sigmas(raw: Tensor, sizes: Sequence[int], *, sigma_scale: float = 0.1,
+                 min_sigma: float = 0.0) -> Tensor:
+    """Per-column standard deviations ``(softplus(raw + 2) + min_sigma) * sigma_scale * size``.
+
+    One raw scalar per tuple; the deviation is relative to each column's size, so a tuple covers
+    the same fraction of every dimension.
+
+    Shape:
+        raw: (..., K); output: (..., K, L) with ``L == len(sizes)``.
+
+    Example:
+        >>> bound_sigmas(torch.full((1,), -2.0), [10], sigma_scale=0.1).round(decimals=3)
+        tensor([[0.6930]])
+    """
+    sizes = _check_sizes(sizes)
+    if not sigma_scale > 0 or not min_sigma >= 0:
+        raise ValueError(f"need sigma_scale > 0 and min_sigma >= 0, got {sigma_scale}, {min_sigma}")
+    base = F.softplus(raw + 2.0) + min_sigma  # (..., K)
+    return base.unsqueeze(-1) * (_size_tensor(sizes, raw) * sigma_scale)  # (..., K, L)
+
+
+_CORNERS: dict[tuple[int, torch.device], Tensor] = {}
+
+
+def _corner_offsets(n: int, device: torch.device) -> Tensor:
+    key = (n, device)
+    if key not in _CORNERS:
+        bits = torch.arange(2**n, device=device).unsqueeze(-1) >> torch.arange(n, device=device)
+        _CORNERS[key] = bits & 1  # (2^L, L)
+    return _CORNERS[key]
+
+
+def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
+                  global_samples: int = 4, local_samples: int = 4,
+                  region: int | Sequence[int] = 4,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Integer points per tuple, in bounds, carrying no gradient.
+
+    Per tuple: the ``2^L`` corners ``floor(mu) + {0, 1}`` over the learned columns (clamped into
+    range), ``global_samples`` points uniform over the learned columns' whole range and
+    ``local_samples`` points uniform in a ``region`` box around ``round(mu)`` (shifted to stay in
+    bounds). Template columns are ``round(mu)``. Random numbers come from ``generator`` (default:
+    the global torch RNG).
+
+    Args:
+        means: tuple means in index space (see :func:`bound_means`).
+        sizes: the size of each of the R dimensions.
+        learn: the learned columns (the others are fixed by a template).
+        global_samples, local_samples: G and L.
+        region: the local box's side, one int for all learned columns or one per column.
+
+    Shape:
+        means: (..., K, R); output: (..., K, S, R) int64 with ``S = 2^L + G + L``.
+
+    Example:
+        >>> pts = sample_points(torch.tensor([[1.5, 2.0]]), [4, 4], [0, 1])
+        >>> pts.shape, bool((pts >= 0).all() and (pts < 4).all())
+        (torch.Size([1, 12, 2]), True)
+    """
+    sizes = _check_sizes(sizes)
+    r = len(sizes)
+    if means.shape[-1] != r:
+        raise ValueError(f"means must end in R={r} columns, got {tuple(means.shape)}")
+    learn = list(learn)
+    if len(set(learn)) != len(learn) or any(not 0 <= c < r for c in learn):
+        raise ValueError(f"learn must be distinct columns in [0, {r}), got {learn}")
+    if global_samples < 0 or local_samples < 0:
+        raise ValueError(f"sample counts must be >= 0, got {global_samples}, {local_samples}")
+    regions = [int(region)] * len(learn) if isinstance(region, int) else [int(g) for g in region]
+    if len(regions) != len(learn):
+        raise ValueError(f"region needs one entry per learned column ({len(learn)}), got {region}")
+    for c, g in zip(learn, regions):
+        if not 1 <= g <= sizes[c]:
+            raise ValueError(f"region {g} must be in [1, {sizes[c]}] (size of dimension {c})")
+
+    mu = means.detach()
+    lead = mu.shape[:-1]  # (..., K)
+    nl = len(learn)
+    size_all = const(sizes, torch.long, mu.device)
+    base = mu.round().long().clamp_(min=0)
+    base = torch.minimum(base, size_all - 1)  # (..., K, R)
+    if nl == 0:
+        return base.unsqueeze(-2)  # (..., K, 1, R)
+    cols = const(learn, torch.long, mu.device)
+    size_l = size_all[cols]  # (L,)
+    mu_l = mu.index_select(-1, cols)  # (..., K, L)
+    parts = []
+    floor = mu_l.floor().long()
+    corners = floor.unsqueeze(-2) + _corner_offsets(nl, mu.device)  # (..., K, 2^L, L)
+    parts.append(torch.minimum(corners.clamp_(min=0), size_l - 1))
+    if global_samples:
+        u = torch.rand(*lead, global_samples, nl, generator=generator, device=mu.device,
+                       dtype=torch.float64)
+        parts.append((u * size_l).long())  # (..., K, G, L)
+    if local_samples:
+        reg = const(regions, torch.long, mu.device)
+        start = (base.index_select(-1, cols) - reg // 2).clamp_(min=0)
+        start = torch.minimum(start, size_l - reg)  # (..., K, L)
+        u = torch.rand(*lead, local_samples, nl, generator=generator, device=mu.device,
+                       dtype=torch.float64)
+        parts.append(start.unsqueeze(-2) + (u * reg).long())  # (..., K, L_local, L)
+    learned = torch.cat(parts, dim=-2)  # (..., K, S, L)
+    s = learned.shape[-2]
+    out = base.unsqueeze(-2).expand(*lead, s, r).clone()  # (..., K, S, R)
+    out[..., cols] = learned
+    return out
+
+
+def linear_index(points: Tensor, sizes: Sequence[int]) -> Tensor:
+    """C-order linear index of integer points (exact in int64; no float pairing function).
+
+    Shape:
+        points: (..., R) int64; output: (...) int64.
+
+    Example:
+        >>> linear_index(torch.tensor([[1, 2], [0, 3]]), [4, 5])
+        tensor([7, 3])
+    """
+    sizes = _check_sizes(sizes)
+    if points.shape[-1] != len(sizes):
+        raise ValueError(f"points must end in R={len(sizes)} columns, got {tuple(points.shape)}")
+    strides = [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
+    st = const(strides, torch.long, points.device)
+    return (points.long() * st).sum(-1)
+
+
+def first_occurrence(keys: Tensor) -> Tensor:
+    """Boolean mask keeping exactly one copy of each distinct value along the last dimension.
+
+    Exact (sort-based) duplicate detection on integer keys.
+
+    Shape:
+        keys: (..., P) int64; output: (..., P) bool.
+
+    Example:
+        >>> first_occurrence(torch.tensor([5, 3, 5, 3, 1])).tolist()
+        [True, True, False, False, True]
+    """
+    if keys.shape[-1] == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
+    first = torch.ones_like(sorted_keys, dtype=torch.bool)
+    first[..., 1:] = sorted_keys[..., 1:] != sorted_keys[..., :-1]
+    return torch.zeros_like(first).scatter_(-1, order, first)
+
+
+def _fixed_mask(points: Tensor, means: Tensor, fixed: Sequence[int]) -> Tensor | None:
+    if not fixed:
+        return None
+    fc = const(fixed, torch.long, means.device)
+    pf = points.index_select(-1, fc).long().unsqueeze(-3)  # (..., 1, P, F)
+    mf = means.detach().index_select(-1, fc).round().long().unsqueeze(-2)  # (..., K, 1, F)
+    return (pf == mf).all(-1)  # (..., K, P)
+
+
+def _scaled_diff(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
+    cols = const(learn, torch.long, means.device)
+    pts = points.index_select(-1, cols).to(means.dtype)
+    d = pts.unsqueeze(-3) - means.index_select(-1, cols).unsqueeze(-2)  # (..., K, P, L)
+    return d / sigmas.unsqueeze(-2)
+
+
+def log_densities(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
+    """All-pairs unnormalised log densities ``log N_k(p)`` (``-inf`` off a tuple's template).
+
+    Shape:
+        points: (..., P, R) int or float; means: (..., K, R); sigmas: (..., K, L);
+        output: (..., K, P).
+    """
+    d = _scaled_diff(points, means, sigmas, learn)  # (..., K, P, L)
+    logd = -0.5 * (d * d).sum(-1)  # (..., K, P)
+    mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
+    return logd if mask is None else logd.masked_fill(~mask, float("-inf"))
+
+
+def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Tensor,
+                  values: Tensor, learn: Sequence[int], *, method: str = "exact",
+                  cutoff: float = 5.0, sizes: Sequence[int] | None = None) -> Tensor:
+    """Weights ``w(p) = sum_k v_k N_k(p) / Z_k`` of the points of each context.
+
+    Each tuple is normalised over every distinct point of its context (``keep`` marks one copy of
+    each; the others get weight 0 and do not count in ``Z``). Computed in log space, so tiny
+    sigmas do not underflow. ``method="exact"`` evaluates all (point, tuple) pairs, O(K * P);
+    ``"neighbours"`` only the pairs within ``cutoff`` standard deviations in every learned column
+    (spatial hashing; see :func:`hypersparse.functional.neighbour_weights`).
+
+    Args:
+        points: integer points of each context (e.g. :func:`sample_points` flattened over K, S).
+        keep: which points count (``None``: all; they must then be distinct).
+        means: tuple means in index space (full rank R, template columns included).
+        sigmas: standard deviations over the learned columns.
+        values: tuple values.
+        learn: the learned columns.
+        sizes: the R dimension sizes (used by ``"neighbours"`` for its grid; default: the
+            points' extent).
+
+    Shape:
+        points: (..., P, R); keep: (..., P); means: (..., K, R); sigmas: (..., K, L);
+        values: (..., K); output: (..., P).
+
+    Example:
+        >>> pts = torch.tensor([[0, 0], [0, 1]])
+        >>> w = point_weights(pts, None, torch.tensor([[0.0, 0.0]]), torch.ones(1, 2),
+        ...                   torch.ones(1), [0, 1])
+        >>> w.sum().item()
+        1.0
+    """
+    if method == "neighbours":
+        from .neighbours import neighbour_weights
+
+        return neighbour_weights(points, keep, means, sigmas, values, learn, cutoff=cutoff,
+                                 sizes=sizes)
+    if method != "exact":
+        raise ValueError(f"method must be 'exact' or 'neighbours', got {method!r}")
+    learn = list(learn)
+    mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
+    if keep is not None:
+        mask = keep.unsqueeze(-2) if mask is None else mask & keep.unsqueeze(-2)  # (..., K, P)
+    return _exact_weights(points, means, sigmas, values, learn, mask)
+
+
+def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,
+                   learn: list[int], mask: Tensor | None) -> Tensor:
+    cols = const(learn, torch.long, means.device)
+    mu = means.index_select(-1, cols)  # (..., K, L)
+    pts = points.index_select(-1, cols).to(means.dtype)  # (..., P, L)
+    # a tuple with no point in its context (only possible for hand-made points) gets weight 0
+    return _ExactWeights.apply(pts, mu, sigmas, values.to(means.dtype), mask)
+
+
+#: Normalised densities below exp(-60) (~1e-26 of a tuple's total) are set to exactly zero:
+#: computing and multiplying subnormal floats is 10x slower on CPUs (measured on exp).
+LOG_FLUSH = -60.0
+
+
+def _exp_flush(x: Tensor) -> Tensor:
+    """``exp(x)`` in place, with results below ``exp(LOG_FLUSH)`` flushed to zero."""
+    small = x < LOG_FLUSH
+    return x.clamp_(min=LOG_FLUSH).exp_().masked_fill_(small, 0.0)
+
+
+def _scaled_column(pts: Tensor, mu: Tensor, inv: Tensor, i: int) -> Tensor:
+    """``(p_i - mu_ki) / sigma_ki`` for one learned column: (..., K, P), contiguous."""
+    return (pts[..., i].unsqueeze(-2) - mu[..., i].unsqueeze(-1)).mul_(inv[..., i].unsqueeze(-1))
+
+
+class _ExactWeights(torch.autograd.Function):
+    """All-pairs weights with a hand-written backward.
+
+    Works column by column on contiguous (K, P) tensors (a (K, P, L) layout with L = 2 is 4x
+    slower), keeps every exp argument in [LOG_FLUSH, 0] (exp of very negative floats takes a
+    10x slower path) and recomputes the scaled differences in backward instead of saving them.
+    With ``A_kp = N_k(p) / Z_k``, ``w_p = sum_k v_k A_kp`` and ``d = (p - mu) / sigma``:
+    ``dv_k = sum_p A_kp gw_p``, ``dlogN_kp = v_k A_kp (gw_p - dv_k)``,
+    ``dmu_kr = sum_p dlogN_kp d_kpr / sigma_kr``, ``dsigma_kr = sum_p dlogN_kp d_kpr^2 / sigma_kr``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pts: Tensor, mu: Tensor, sigmas: Tensor, values: Tensor,
+                mask: Tensor | None) -> Tensor:
+        inv = sigmas.reciprocal()  # (..., K, L)
+        sq: Tensor | None = None
+        for i in range(mu.shape[-1]):
+            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            sq = t.mul_(t) if sq is None else sq.addcmul_(t, t)
+        assert sq is not None
+        if mask is not None:
+            sq.masked_fill_(~mask, float("inf"))
+        # x = log N_k(p) - max_p log N_k(p) <= 0; a tuple with an empty context gets weight 0
+        near = sq.amin(-1, keepdim=True).clamp_max(torch.finfo(sq.dtype).max)  # (..., K, 1)
+        x = sq.sub_(near).mul_(-0.5)
+        a = torch.threshold_(x, LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
+        a.div_(a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny))
+        ctx.save_for_backward(pts, mu, inv, values, a)
+        return (values.unsqueeze(-2) @ a).squeeze(-2)  # (..., P)
+
+    @staticmethod
+    def backward(ctx: Any, gw: Tensor) -> Any:
+        pts, mu, inv, values, a = ctx.saved_tensors
+        gv = (a @ gw.unsqueeze(-1)).squeeze(-1)  # (..., K)
+        g = (gw.unsqueeze(-2) - gv.unsqueeze(-1)).mul_(a).mul_(values.unsqueeze(-1))  # (..., K, P)
+        gmu, gsig = [], []
+        for i in range(mu.shape[-1]):
+            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            gt = t.mul_(g)  # g * d
+            gmu.append(gt.sum(-1))
+            gsig.append((gt.mul_(_scaled_column(pts, mu, inv, i))).sum(-1))
+        gm = torch.stack(gmu, -1).mul_(inv)  # (..., K, L)
+        gs = torch.stack(gsig, -1).mul_(inv)
+        return None, gm, gs, gv, None

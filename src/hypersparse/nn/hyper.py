@@ -1,0 +1,394 @@
+"""Sparse hyperlayers: weight tensors learned as K continuous index tuples (seeds 000-002).
+
+:class:`HyperLayer` is the adaptive base class: a subclass implements :meth:`HyperLayer.hyper`,
+mapping the input to raw tuple parameters per instance. :class:`SparseLayer` is the
+free-parameter special case (one weight tensor for the whole batch). Both contract
+``y = W . x`` over ``in_shape`` without ever building the dense ``out_shape + in_shape`` tensor.
+
+Training samples integer points around each tuple and spreads its value over them
+(:mod:`hypersparse.functional.hyper`); eval rounds the means: indices ``round(mu)``, weights
+``v``, deterministic and exportable with :meth:`HyperLayer.to_sparse`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.contract import sparse_contract
+from ..functional.hyper import (
+    MAX_LINEAR,
+    bound_means,
+    bound_sigmas,
+    const,
+    first_occurrence,
+    linear_index,
+    point_weights,
+    sample_points,
+)
+
+__all__ = ["Connections", "HyperLayer", "SparseLayer"]
+
+_METHODS = ("auto", "exact", "neighbours")
+#: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
+AUTO_EXACT_PAIRS = 2**16
+#: ... and never above this many (memory: the exact path holds a few (K, P, R') tensors).
+AUTO_EXACT_MAX_PAIRS = 2**23
+
+
+class Connections(NamedTuple):
+    """A sparse weight tensor as a list of entries.
+
+    ``indices`` (Q, R) int64 index tuples into ``out_shape + in_shape``, ``weights`` (Q,), and
+    ``batch`` (Q,) int64 (the instance of each entry) or ``None`` when shared by the batch.
+    Entries may repeat (they add up).
+    """
+
+    indices: Tensor
+    weights: Tensor
+    batch: Tensor | None
+
+
+def _shape(name: str, shape: int | Sequence[int]) -> tuple[int, ...]:
+    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if not dims or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in dims):
+        raise ValueError(f"{name} must be a positive int or a non-empty tuple of them, got {shape}")
+    return dims
+
+
+class HyperLayer(nn.Module):
+    """Adaptive sparse hyperlayer: ``y[b] = W(x[b]) . x[b]`` with W given by K index tuples.
+
+    Subclasses implement :meth:`hyper` (``x -> raw means, raw sigmas, values``). Returning tensors
+    without a batch dimension makes the weight tensor shared by the batch (one sample set, as in
+    :class:`SparseLayer`); with a batch dimension every instance gets its own tuples, samples
+    and normalisation context. For full control (e.g. means computed directly in index space)
+    override :meth:`tuples` instead.
+
+    Args:
+        in_shape: shape of one input instance (rank >= 1).
+        out_shape: shape of one output instance.
+        k: number of continuous index tuples K.
+        global_samples: G, points per tuple uniform over the learned columns' range.
+        local_samples: L, points per tuple uniform in a ``region`` box around the rounded mean.
+        region: side of the local box (one int, or one per learned column; default
+            ``min(4, size)``); larger than a learned dimension is an error.
+        sigma_scale: standard deviations are ``(softplus(raw + 2) + min_sigma) * sigma_scale *
+            size`` per learned column.
+        min_sigma: floor of the size-relative deviation factor.
+        learn_values: take values from :meth:`hyper`; if False every tuple has value
+            ``fixed_values`` (a buffer of ones; ``hyper`` may return None for values).
+        bias: add a learned bias of shape ``out_shape``.
+        template: (K, R) index-space tuples; the columns not in ``learn_cols`` are fixed to
+            ``round(template)`` (e.g. output coordinates), the others are ignored.
+        learn_cols: the learned columns (default: all without a template, the input columns
+            with one). :meth:`hyper` returns raw means for these columns only, in this order.
+        normalisation: ``"exact"`` (all (point, tuple) pairs), ``"neighbours"`` (pairs within
+            ``cutoff`` deviations, via spatial hashing) or ``"auto"`` (exact for small layers).
+        cutoff: the neighbour radius in standard deviations.
+        device, dtype: of the parameters and buffers.
+
+    Shape:
+        input: (B, *in_shape) for adaptive layers, (*, *in_shape) for shared ones;
+        output: the same leading dimensions followed by ``out_shape``.
+    """
+
+    template: Tensor | None
+    fixed_values: Tensor
+
+    def __init__(
+        self,
+        in_shape: int | Sequence[int],
+        out_shape: int | Sequence[int],
+        k: int,
+        *,
+        global_samples: int = 4,
+        local_samples: int = 4,
+        region: int | Sequence[int] | None = None,
+        sigma_scale: float = 0.1,
+        min_sigma: float = 0.0,
+        learn_values: bool = True,
+        bias: bool = False,
+        template: Tensor | None = None,
+        learn_cols: Sequence[int] | None = None,
+        normalisation: str = "auto",
+        cutoff: float = 5.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.in_shape = _shape("in_shape", in_shape)
+        self.out_shape = _shape("out_shape", out_shape)
+        self.sizes = self.out_shape + self.in_shape
+        if math.prod(self.sizes) >= MAX_LINEAR:
+            raise ValueError(f"out_shape + in_shape = {self.sizes} has too many index tuples")
+        r = len(self.sizes)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        self.k = k
+        if global_samples < 0 or local_samples < 0:
+            raise ValueError(f"sample counts must be >= 0, got {global_samples}, {local_samples}")
+        self.global_samples, self.local_samples = int(global_samples), int(local_samples)
+        if not sigma_scale > 0 or not math.isfinite(sigma_scale):
+            raise ValueError(f"sigma_scale must be a finite float > 0, got {sigma_scale}")
+        if not min_sigma >= 0:
+            raise ValueError(f"min_sigma must be >= 0, got {min_sigma}")
+        self.sigma_scale, self.min_sigma = float(sigma_scale), float(min_sigma)
+        if normalisation not in _METHODS:
+            raise ValueError(f"normalisation must be one of {_METHODS}, got {normalisation!r}")
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be > 0, got {cutoff}")
+        self.normalisation, self.cutoff = normalisation, float(cutoff)
+
+        if learn_cols is None:
+            learn_cols = range(r) if template is None else range(len(self.out_shape), r)
+        self.learn = [int(c) for c in learn_cols]
+        if len(set(self.learn)) != len(self.learn) or any(not 0 <= c < r for c in self.learn):
+            raise ValueError(f"learn_cols must be distinct columns in [0, {r}), got {learn_cols}")
+        self.fixed = [c for c in range(r) if c not in self.learn]
+        if template is None:
+            if self.fixed:
+                raise ValueError(f"columns {self.fixed} are not learned, so a template is needed")
+            self.register_buffer("template", None)
+        else:
+            if not isinstance(template, Tensor):
+                raise TypeError(f"template must be a Tensor, got {type(template).__name__}")
+            if template.shape != (k, r):
+                raise ValueError(f"template must have shape (k, R) = ({k}, {r}), "
+                                 f"got {tuple(template.shape)}")
+            t = template.detach().to(device=device, dtype=dtype or torch.get_default_dtype())
+            fixed_vals = t[:, self.fixed]
+            hi = torch.tensor([self.sizes[c] - 1 for c in self.fixed], dtype=t.dtype)
+            if not torch.isfinite(fixed_vals).all() or (fixed_vals.round() < 0).any() or (
+                    fixed_vals.round() > hi.to(t.device)).any():
+                raise ValueError("template's fixed columns must be finite indices within "
+                                 f"{[self.sizes[c] for c in self.fixed]}")
+            self.register_buffer("template", t.clone())
+        if region is None:
+            regions = [min(4, self.sizes[c]) for c in self.learn]
+        elif isinstance(region, int):
+            regions = [region] * len(self.learn)
+        else:
+            regions = [int(g) for g in region]
+        if len(regions) != len(self.learn):
+            raise ValueError(f"region needs one entry per learned column ({len(self.learn)}), "
+                             f"got {region}")
+        for c, g in zip(self.learn, regions):
+            if not 1 <= g <= self.sizes[c]:
+                raise ValueError(f"region {g} must be in [1, {self.sizes[c]}] "
+                                 f"(the size of dimension {c})")
+        self.region = regions
+        self.learn_values = learn_values
+        if not learn_values:
+            self.register_buffer("fixed_values", torch.ones(k, **factory))
+        self.bias = nn.Parameter(torch.zeros(self.out_shape, **factory)) if bias else None
+        self.generator: torch.Generator | None = None
+
+    # ------------------------------------------------------------------ extension points
+    def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Raw tuple parameters for input ``x`` (shape (B, *in_shape)).
+
+        Returns:
+            ``(raw_means, raw_sigmas, values)`` of shapes (B, K, R'), (B, K), (B, K) (adaptive)
+            or (K, R'), (K,), (K,) (shared), where R' = ``len(learn_cols)``. ``raw_means`` are
+            unbounded (mapped by ``sigmoid(raw) * (size - 1)``); ``values`` may be None when
+            ``learn_values=False``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement hyper(x)")
+
+    @property
+    def learned_sizes(self) -> list[int]:
+        return [self.sizes[c] for c in self.learn]
+
+    @property
+    def samples_per_tuple(self) -> int:
+        """S = 2^R' corners + G + L."""
+        return 2 ** len(self.learn) + self.global_samples + self.local_samples
+
+    def tuples(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Index-space means (.., K, R), deviations (.., K, R') and values (.., K) for ``x``."""
+        raw_means, raw_sigmas, values = self.hyper(x)
+        lead = raw_means.shape[:-2]
+        nl = len(self.learn)
+        if raw_means.shape[-2:] != (self.k, nl) or raw_sigmas.shape != lead + (self.k,):
+            raise ValueError(
+                f"hyper() must return raw means (..., {self.k}, {nl}) and raw sigmas "
+                f"(..., {self.k}), got {tuple(raw_means.shape)} and {tuple(raw_sigmas.shape)}")
+        if self.learn_values:
+            if values is None or values.shape != lead + (self.k,):
+                got = None if values is None else tuple(values.shape)
+                raise ValueError(f"hyper() must return values (..., {self.k}), got {got}")
+        else:
+            values = self.fixed_values.expand(lead + (self.k,))
+        learned = bound_means(raw_means, self.learned_sizes)  # (.., K, R')
+        sigmas = bound_sigmas(raw_sigmas, self.learned_sizes, sigma_scale=self.sigma_scale,
+                              min_sigma=self.min_sigma)  # (.., K, R')
+        if self.template is None:
+            means = learned
+        else:
+            full = self.template.to(learned.dtype).expand(lead + self.template.shape)
+            means = full.index_copy(-1, const(self.learn, torch.long, full.device), learned)
+        return means, sigmas, values
+
+    # ------------------------------------------------------------------ core
+    def method(self, sigmas: Tensor, points_per_context: int) -> str:
+        """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts, or when
+        the tuples' neighbour boxes cover over a quarter of the index space anyway (large
+        sigmas, where hashing costs more than it saves); neighbour-limited otherwise."""
+        if self.normalisation != "auto":
+            return self.normalisation
+        pairs = self.k * points_per_context
+        if pairs <= AUTO_EXACT_PAIRS:
+            return "exact"
+        half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
+        size = const(self.learned_sizes, half.dtype, half.device)
+        cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
+        return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and float(cover) > 0.25 else "neighbours"
+
+    def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
+                    sample: bool | None = None) -> Connections:
+        """The sparse weight tensor for input ``x`` (shape (B, *in_shape)).
+
+        ``sample`` (default: ``self.training``) chooses between the training construction
+        (sampled points with normalised weights) and the eval one (rounded means, values).
+        """
+        means, sigmas, values = self.tuples(x)
+        _check_finite("tuple parameters", means.sum() + sigmas.sum() + values.sum())
+        shared = means.dim() == 2
+        r = len(self.sizes)
+        sample = self.training if sample is None else sample
+        if not sample:
+            hi = const([s - 1 for s in self.sizes], torch.long, means.device)
+            idx = torch.minimum(means.detach().round().long().clamp(min=0), hi)  # (.., K, R)
+            weights = values
+        else:
+            pts = sample_points(means, self.sizes, self.learn,
+                                global_samples=self.global_samples,
+                                local_samples=self.local_samples, region=self.region,
+                                generator=generator or self.generator)  # (.., K, S, R)
+            idx = pts.flatten(-3, -2)  # (.., P, R)
+            keep = first_occurrence(linear_index(idx, self.sizes))  # (.., P)
+            weights = point_weights(idx, keep, means, sigmas, values, self.learn,
+                                    method=self.method(sigmas, idx.shape[-2]), cutoff=self.cutoff,
+                                    sizes=self.sizes)
+        if shared:
+            return Connections(idx, weights, None)
+        b, p = idx.shape[0], idx.shape[1]
+        batch = torch.arange(b, device=idx.device).repeat_interleave(p)  # (B*P,)
+        return Connections(idx.reshape(b * p, r), weights.reshape(b * p), batch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xb, lead = self._check_input(x)
+        return self.apply_connections(xb, self.connections(xb)).reshape(lead + self.out_shape)
+
+    def apply_connections(self, x: Tensor, conn: Connections) -> Tensor:
+        """``y = W . x`` for ``x`` of shape (B, *in_shape), ``W`` given as :class:`Connections`;
+        returns (B, M) (flattened outputs) plus the bias."""
+        no = len(self.out_shape)
+        out_idx = linear_index(conn.indices[:, :no], self.out_shape)  # (Q,)
+        in_idx = linear_index(conn.indices[:, no:], self.in_shape)  # (Q,)
+        xf = x.reshape(x.shape[0], math.prod(self.in_shape))  # (B, N)
+        y = sparse_contract(xf, out_idx, in_idx, conn.weights, math.prod(self.out_shape),
+                            conn.batch)  # (B, M)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1)
+        return y
+
+    def _check_input(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
+        ni = len(self.in_shape)
+        if x.dim() < ni + 1 or tuple(x.shape[-ni:]) != self.in_shape:
+            raise ValueError(f"input must have shape (B, *{self.in_shape}), got {tuple(x.shape)}")
+        lead = tuple(x.shape[:-ni])
+        _check_finite("input", x.sum())
+        return x.reshape((-1,) + self.in_shape), lead  # (B, *in_shape)
+
+    @torch.no_grad()
+    def to_sparse(self, x: Tensor | None = None) -> Tensor:
+        """The current weight tensor with eval semantics (indices ``round(mu)``, weights ``v``),
+        coalesced (coinciding tuples add up) as a ``torch.sparse_coo`` tensor.
+
+        Shape: ``out_shape + in_shape`` for shared layers; ``(B,) + out_shape + in_shape`` for
+        adaptive ones, which need the input ``x`` (B, *in_shape).
+        """
+        if x is None:
+            x = torch.zeros((1,) + self.in_shape, device=self._device())
+        else:
+            x, _ = self._check_input(x)
+        conn = self.connections(x, sample=False)
+        if conn.batch is None:
+            return torch.sparse_coo_tensor(conn.indices.T, conn.weights, self.sizes,
+                                           check_invariants=True).coalesce()
+        ind = torch.cat([conn.batch.unsqueeze(1), conn.indices], dim=1).T  # (1 + R, Q)
+        return torch.sparse_coo_tensor(ind, conn.weights, (x.shape[0],) + self.sizes,
+                                       check_invariants=True).coalesce()
+
+    def _device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return torch.device("cpu")
+
+    def extra_repr(self) -> str:
+        s = (f"in_shape={self.in_shape}, out_shape={self.out_shape}, k={self.k}, "
+             f"learn_cols={self.learn}, global_samples={self.global_samples}, "
+             f"local_samples={self.local_samples}, region={self.region}, "
+             f"sigma_scale={self.sigma_scale}, min_sigma={self.min_sigma}, "
+             f"normalisation={self.normalisation!r}")
+        if not self.learn_values:
+            s += ", learn_values=False"
+        if self.bias is not None:
+            s += ", bias=True"
+        return s
+
+
+def _check_finite(what: str, reduced: Tensor) -> None:
+    # one reduced sum per forward: a single cheap synchronising check instead of a full scan
+    if not bool(torch.isfinite(reduced)):
+        raise ValueError(f"{what} contain NaN or inf")
+
+
+class SparseLayer(HyperLayer):
+    """A sparse layer with free parameters: K index tuples shared by the whole batch.
+
+    One sample set per forward serves every instance (the prototype learned as well per batch as
+    with per-instance samples, at 20x less time). Parameters: ``raw_means`` (K, R'),
+    ``raw_sigmas`` (K,), ``values`` (K,) (a buffer of ones when ``learn_values=False``).
+    Arguments as for :class:`HyperLayer`.
+
+    Example:
+        >>> layer = SparseLayer(32, 32, k=32, learn_values=False)
+        >>> layer(torch.randn(8, 32)).shape
+        torch.Size([8, 32])
+        >>> layer.to_sparse().shape
+        torch.Size([32, 32])
+    """
+
+    def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], k: int,
+                 **kwargs: Any) -> None:
+        super().__init__(in_shape, out_shape, k, **kwargs)
+        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        self.raw_means = nn.Parameter(torch.empty(k, len(self.learn), **factory))
+        self.raw_sigmas = nn.Parameter(torch.empty(k, **factory))
+        self.values = nn.Parameter(torch.empty(k, **factory)) if self.learn_values else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Means uniform over index space, raw sigmas 0, values N(0, min(1, M/K))."""
+        u = torch.rand(self.raw_means.shape, generator=self.generator, dtype=torch.float64)
+        self.raw_means.copy_(torch.logit(u.clamp(1e-3, 1 - 1e-3)))
+        self.raw_sigmas.zero_()
+        if self.values is not None:
+            std = min(1.0, math.sqrt(math.prod(self.out_shape) / self.k))
+            self.values.normal_(0.0, std, generator=self.generator)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return self.raw_means, self.raw_sigmas, self.values
