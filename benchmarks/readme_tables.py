@@ -61,8 +61,17 @@ def _hyperlayer(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                       "rows": rows}}
 
 
+def _kwinners(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["layer"], r["width"], r["k"], r["kwta_cpu_us"], r["topk_cpu_us"],
+             r["cpu_kwta_over_topk"], r["cpu_kwta_over_topk_unsorted"], r["relu_cpu_us"]]
+            for r in d["rows"]]
+    return {"speed": {"columns": ["layer", "width", "k", "k-WTA CPU us", "topk CPU us",
+                                  "vs topk", "vs topk (unsorted)", "ReLU CPU us"], "rows": rows}}
+
+
 # Results files written before the "tables" convention get a renderer here.
-RENDERERS = {"huffman": _huffman, "compress2": _compress2, "hyperlayer": _hyperlayer}
+RENDERERS = {"huffman": _huffman, "compress2": _compress2, "hyperlayer": _hyperlayer,
+             "kwinners": _kwinners}
 
 
 def tables() -> dict[str, str]:
