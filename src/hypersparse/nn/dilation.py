@@ -180,6 +180,7 @@ class DilatedConv2d(HyperLayer):
         want = (self.in_channels, self.height, self.width)
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"input must have shape (B, *{want}), got {tuple(x.shape)}")
+        _check_finite("input", x.sum())
         xp = F.pad(x, (self.pad,) * 4)  # (B, C_in, H + 2P, W + 2P)
         y = self.apply_connections(xp, self.connections(xp))  # (B, C_out*H*W)
         y = y.view(x.shape[0], self.out_channels, self.height, self.width)  # (B, O, H, W)
