@@ -196,3 +196,27 @@ def test_bad_input_raises() -> None:
         m([[0.0]])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="NaN"):
         m(torch.full((1, 2, 4, 4), float("nan")))
+
+
+def test_learn_dilation_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import hypersparse.experiments.learn_dilation  # noqa: F401
+    from hypersparse.run import run_experiment
+
+    out = run_experiment("learn-dilation", ["train.max_steps=3", "size=8", "n_val=4",
+                                            "n_test=4", "train.batch_size=4"],
+                         out=tmp_path / "r", progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"final_dilation", "target_dilation", "mse"} <= set(summary)
+    assert summary["target_dilation"] == 3
+    assert (out / "dilation.png").exists() and (out / "config.json").exists()
+
+
+def test_learn_dilation_mnist_task_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import hypersparse.experiments.learn_dilation  # noqa: F401
+    from hypersparse.run import run_experiment
+
+    with pytest.raises(ValueError, match="mnist"):
+        run_experiment("learn-dilation", ["task=mnist", "train.max_steps=1"],
+                       out=tmp_path / "r", progress=False)
