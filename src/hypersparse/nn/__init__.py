@@ -1,2 +1,3 @@
 """hypersparse.nn."""
 from .hyper import *  # noqa: F401, F403
+from .sortnet import *  # noqa: F401, F403
