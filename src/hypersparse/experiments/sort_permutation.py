@@ -31,6 +31,8 @@ __all__ = ["SortPermutationConfig", "SortPermutation", "full_batches", "sort_met
 
 #: Batches of 128 in the 2019 runs (issue 6): 30k for n = 4, 60k for n = 8, 120k for n = 16.
 FULL_BATCHES = {4: 30_000, 8: 60_000, 16: 120_000}
+#: Synthetic batches per "epoch": validation and checkpoints happen at every epoch end.
+STEPS_PER_EPOCH = 500
 
 
 def full_batches(n: int) -> int:
@@ -43,7 +45,9 @@ class SortPermutationConfig:
     seed: int = 0
     n: int = 3
     learn: Literal["output", "input", "both"] = "output"
-    hidden: tuple[int, ...] = (64, 64)
+    #: "pairwise": permutation-equivariant PairwiseNet; "mlp": a plain MLP on the vector
+    hypernet: Literal["pairwise", "mlp"] = "pairwise"
+    hidden: tuple[int, ...] = (32, 32)
     #: learn the deviations with the hypernetwork instead of the fixed schedule below
     learned_sigma: bool = False
     sigma_start: float = 0.5
@@ -61,7 +65,7 @@ class SortPermutationConfig:
         default_factory=lambda: TrainConfig(
             epochs=8,
             batch_size=128,
-            lr=1e-3,
+            lr=2e-3,
             schedule="cosine",
             grad_clip=1.0,
             log_every=100,
@@ -102,13 +106,14 @@ class SortPermutation(Experiment):
     """Learn to sort n reals with one adaptive sparse hyperlayer (seed 001)."""
 
     Config = SortPermutationConfig
-    presets = {"full": {"budget": "full", "hidden": (128, 128, 128)}}
+    presets = {"full": {"budget": "full", "hidden": (64, 64)}}
 
     def _model(self, config: SortPermutationConfig, ctx: RunContext) -> SortNet:
         return SortNet(
             config.n,
             hidden=config.hidden,
             learn=config.learn,
+            hypernet=config.hypernet,
             sigma=None if config.learned_sigma else config.sigma_start,
             global_samples=config.global_samples,
             local_samples=config.local_samples,
@@ -121,7 +126,7 @@ class SortPermutation(Experiment):
             return config.train.max_steps
         if config.budget == "full":
             return full_batches(config.n)
-        return config.train.epochs * 1000
+        return config.train.epochs * STEPS_PER_EPOCH
 
     def _evaluate_on(self, model: SortNet, x: Tensor) -> dict[str, float]:
         was = model.training
@@ -149,7 +154,7 @@ class SortPermutation(Experiment):
 
             train_cfg = replace(train_cfg, max_steps=total)
         model = self._model(config, ctx)
-        per_epoch = 1000
+        per_epoch = STEPS_PER_EPOCH
 
         def make(b: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
             x = torch.randn(b, n, generator=g)
@@ -207,7 +212,7 @@ class SortPermutation(Experiment):
             model = ctx.load_best(self._model(config, ctx))
         x = _vectors(config.n, config.test_size, "test").to(ctx.device)
         out: dict[str, Any] = self._evaluate_on(model, x)
-        out.update(n=config.n, learn=config.learn, test_vectors=config.test_size,
+        out.update(n=config.n, learn=config.learn, hypernet=config.hypernet, test_vectors=config.test_size,
                    params=count_parameters(model), batches=self._steps(config))
         return out
 

@@ -30,9 +30,58 @@ from torch import Tensor, nn
 
 from .hyper import HyperLayer
 
-__all__ = ["MLPHyperLayer", "SortNet", "is_permutation"]
+__all__ = ["MLPHyperLayer", "PairwiseNet", "SortNet", "is_permutation"]
 
 _LEARN = ("input", "output", "both")
+_HYPERNETS = ("mlp", "pairwise")
+
+
+class PairwiseNet(nn.Module):
+    """A permutation-equivariant hypernetwork over a vector: element k gets
+    ``psi(sum_{j != k} phi(x_k - x_j))``, with ``phi`` and ``psi`` small MLPs.
+
+    Swapping two inputs swaps their outputs, so at a tie ``x_a = x_b`` the two elements get
+    identical tuples: the decision boundary of every pair sits exactly at the tie, which a plain
+    MLP only approximates (its offsets cost the MSE loss almost nothing; see
+    docs/sort_permutation.md). A rank is ``sum_j step(x_k - x_j)``, exactly this form.
+
+    Args:
+        out: outputs per element.
+        hidden: widths of ``phi``'s hidden layers; ``psi`` has one hidden layer of the last width.
+
+    Shape:
+        input: (B, n); output: (B, n * out), element-major.
+
+    Example:
+        >>> PairwiseNet(3, hidden=(16,))(torch.randn(2, 5)).shape
+        torch.Size([2, 15])
+    """
+
+    def __init__(self, out: int, hidden: Sequence[int] = (64, 64), *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None
+                 ) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.out = int(out)
+        widths = [int(h) for h in hidden]
+        if not widths or any(h < 1 for h in widths):
+            raise ValueError(f"hidden must be non-empty positive widths, got {tuple(hidden)}")
+        layers: list[nn.Module] = []
+        n_in = 1
+        for h in widths:
+            layers += [nn.Linear(n_in, h, **factory), nn.ReLU()]
+            n_in = h
+        self.phi = nn.Sequential(*layers)
+        self.psi = nn.Sequential(nn.Linear(n_in, n_in, **factory), nn.ReLU(),
+                                 nn.Linear(n_in, out, **factory))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n = x.shape
+        d = (x.unsqueeze(2) - x.unsqueeze(1)).unsqueeze(-1)  # (B, n, n, 1)
+        off = ~torch.eye(n, dtype=torch.bool, device=x.device)
+        h = (self.phi(d) * off.unsqueeze(-1).to(x.dtype)).sum(2)  # (B, n, H)
+        return self.psi(h).reshape(b, n * self.out)  # (B, n * out)
+
 
 
 class MLPHyperLayer(HyperLayer):
@@ -93,11 +142,10 @@ class MLPHyperLayer(HyperLayer):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Default ``nn.Linear`` init for hidden layers; the output layer scaled by 0.1."""
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
-        last = self.net[-1]
-        assert isinstance(last, nn.Linear)  # internal invariant, not user input
+        linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
+        for m in linears:
+            m.reset_parameters()
+        last = linears[-1]
         last.weight.mul_(0.1)
         last.bias.zero_()
         if self.bias is not None:
@@ -148,6 +196,8 @@ class SortNet(MLPHyperLayer):
     Args:
         n: the vector length.
         hidden: the hypernetwork's hidden widths.
+        hypernet: ``"mlp"`` (an MLP on the whole vector, as in seed 001) or ``"pairwise"``
+            (:class:`PairwiseNet`, permutation-equivariant).
         learn: ``"output"`` (columns fixed to ``0..n-1`` by a template, rows learned),
             ``"input"`` (rows fixed, columns learned) or ``"both"`` (both learned).
         **kwargs: ``sigma`` (see :class:`MLPHyperLayer`), sample counts, ``region``,
@@ -164,11 +214,13 @@ class SortNet(MLPHyperLayer):
     """
 
     def __init__(self, n: int, *, hidden: Sequence[int] = (64, 64), learn: str = "output",
-                 **kwargs: Any) -> None:
+                 hypernet: str = "mlp", **kwargs: Any) -> None:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
         if learn not in _LEARN:
             raise ValueError(f"learn must be one of {_LEARN}, got {learn!r}")
+        if hypernet not in _HYPERNETS:
+            raise ValueError(f"hypernet must be one of {_HYPERNETS}, got {hypernet!r}")
         for bad in ("learn_values", "template", "learn_cols", "bias"):
             if bad in kwargs:
                 raise TypeError(f"SortNet fixes {bad!r}; use MLPHyperLayer to set it")
@@ -180,8 +232,12 @@ class SortNet(MLPHyperLayer):
             template = torch.zeros(n, 2, dtype=torch.float64)
             template[:, 1] = torch.arange(n, dtype=torch.float64)
             kwargs.update(template=template, learn_cols=[0])
-        self.n, self.learn_mode = n, learn
+        self.n, self.learn_mode, self.hypernet = n, learn, hypernet
         super().__init__(n, n, n, hidden=hidden, learn_values=False, **kwargs)
+        if hypernet == "pairwise":
+            self.net = PairwiseNet(self.per_tuple, hidden, device=kwargs.get("device"),
+                                   dtype=kwargs.get("dtype"))
+            self.reset_parameters()
 
     @torch.no_grad()
     def indices(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -195,7 +251,8 @@ class SortNet(MLPHyperLayer):
         return idx[..., 0], idx[..., 1]
 
     def extra_repr(self) -> str:
-        return f"n={self.n}, learn={self.learn_mode!r}, " + super().extra_repr()
+        return (f"n={self.n}, learn={self.learn_mode!r}, hypernet={self.hypernet!r}, "
+                + super().extra_repr())
 
 
 def is_permutation(rows: Tensor, cols: Tensor, n: int) -> Tensor:
