@@ -8,7 +8,7 @@ normal vectors drawn from a generator fixed by n alone (the same set for every s
 ``exact_accuracy`` (the output equals the sorted input exactly), ``element_accuracy`` (fraction
 of positions equal), ``not_permutation`` (fraction of inputs whose emitted index tuples are not
 a permutation matrix). The tuple deviation is fixed and annealed geometrically from
-``sigma_start`` to ``sigma_end`` (index units) over the first ``sigma_anneal`` of training.
+``sigma_start * n`` to ``sigma_end`` (index units) over the first ``sigma_anneal`` of training.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class SortPermutationConfig:
     hidden: tuple[int, ...] = (32, 32)
     #: learn the deviations with the hypernetwork instead of the fixed schedule below
     learned_sigma: bool = False
-    sigma_start: float = 0.5
+    #: the deviation starts at sigma_start * n index units (reaching every row) ...
+    sigma_start: float = 0.15
+    #: ... and ends at sigma_end index units
     sigma_end: float = 0.1
     sigma_anneal: float = 0.6
     global_samples: int = 4
@@ -98,7 +100,8 @@ def _vectors(n: int, size: int, split: str) -> Tensor:
 
 def _sigma_at(config: SortPermutationConfig, step: int, total: int) -> float:
     frac = min(1.0, step / max(1.0, config.sigma_anneal * total))
-    return config.sigma_start * (config.sigma_end / config.sigma_start) ** frac
+    start = config.sigma_start * config.n
+    return start * (config.sigma_end / start) ** frac
 
 
 @register_experiment("sort-permutation", help="adaptive hyperlayer learns sorting permutations")
@@ -114,7 +117,7 @@ class SortPermutation(Experiment):
             hidden=config.hidden,
             learn=config.learn,
             hypernet=config.hypernet,
-            sigma=None if config.learned_sigma else config.sigma_start,
+            sigma=None if config.learned_sigma else config.sigma_start * config.n,
             global_samples=config.global_samples,
             local_samples=config.local_samples,
             device=ctx.device,
@@ -144,9 +147,9 @@ class SortPermutation(Experiment):
     def run(self, config: SortPermutationConfig, ctx: RunContext) -> dict[str, Any]:
         if config.n < 2:
             raise ValueError(f"n must be >= 2, got {config.n}")
-        if not 0 < config.sigma_end <= config.sigma_start:
-            raise ValueError("need 0 < sigma_end <= sigma_start, got "
-                             f"{config.sigma_end}, {config.sigma_start}")
+        if not 0 < config.sigma_end <= config.sigma_start * config.n:
+            raise ValueError("need 0 < sigma_end <= sigma_start * n, got "
+                             f"{config.sigma_end}, {config.sigma_start} * {config.n}")
         n, total = config.n, self._steps(config)
         train_cfg = config.train
         if train_cfg.max_steps is None:
