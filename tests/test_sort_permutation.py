@@ -140,7 +140,8 @@ def test_state_dict_round_trip_identical_outputs() -> None:
 
 def test_mlp_hyperlayer_values_and_repr() -> None:
     layer = MLPHyperLayer((2, 3), 4, k=5, hidden=(), bias=True)
-    assert isinstance(layer, HyperLayer) and layer.per_tuple == 3 + 1 + 1  # R = 1 + 2 learned, sigma, value
+    # 3 learned columns (R = 1 + 2), a sigma and a value per tuple
+    assert isinstance(layer, HyperLayer) and layer.per_tuple == 3 + 1 + 1
     y = layer(torch.randn(3, 2, 3))
     assert y.shape == (3, 4)
     assert "hidden=()" in repr(layer)

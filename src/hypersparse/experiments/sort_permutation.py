@@ -212,11 +212,13 @@ class SortPermutation(Experiment):
         self, config: SortPermutationConfig, ctx: RunContext, model: SortNet | None = None
     ) -> dict[str, Any]:
         if model is None:
-            model = ctx.load_best(self._model(config, ctx))
+            model = self._model(config, ctx)
+            ctx.load_best(model)
         x = _vectors(config.n, config.test_size, "test").to(ctx.device)
         out: dict[str, Any] = self._evaluate_on(model, x)
-        out.update(n=config.n, learn=config.learn, hypernet=config.hypernet, test_vectors=config.test_size,
-                   params=count_parameters(model), batches=self._steps(config))
+        out.update(n=config.n, learn=config.learn, hypernet=config.hypernet,
+                   test_vectors=config.test_size, params=count_parameters(model),
+                   batches=self._steps(config))
         return out
 
 
@@ -228,8 +230,9 @@ def _soft_matrices(model: SortNet, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     conn = model.connections(x, generator=torch.Generator().manual_seed(0))
     n = model.n
     dense = torch.zeros(x.shape[0], n, n)
-    dense.index_put_((conn.batch.cpu(), conn.indices[:, 0].cpu(), conn.indices[:, 1].cpu()),
-                     conn.weights.float().cpu(), accumulate=True)  # type: ignore[union-attr]
+    batch = conn.batch if conn.batch is not None else torch.zeros_like(conn.indices[:, 0])
+    dense.index_put_((batch.cpu(), conn.indices[:, 0].cpu(), conn.indices[:, 1].cpu()),
+                     conn.weights.float().cpu(), accumulate=True)
     means, sigmas, _ = model.tuples(x)
     model.train(was)
     return dense, means.float().cpu(), sigmas[..., 0].float().cpu()

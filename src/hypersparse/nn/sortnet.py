@@ -114,6 +114,9 @@ class MLPHyperLayer(HyperLayer):
         torch.Size([8, 5])
     """
 
+    sigma: Tensor
+    net: nn.Module
+
     def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], k: int,
                  *, hidden: Sequence[int] = (64, 64), sigma: float | None = None,
                  **kwargs: Any) -> None:
@@ -122,7 +125,7 @@ class MLPHyperLayer(HyperLayer):
         if any(h < 1 for h in widths):
             raise ValueError(f"hidden widths must be positive ints, got {tuple(hidden)}")
         self.hidden = tuple(widths)
-        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        factory: dict[str, Any] = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.fixed_sigma = sigma is not None
         self.register_buffer("sigma", torch.tensor(
             float("nan") if sigma is None else 1.0, dtype=factory["dtype"] or torch.float32,
