@@ -194,7 +194,7 @@ def test_full_budget_rule() -> None:
 def test_smoke_run_writes_run_directory(tmp_path: Path) -> None:
     out = run_experiment(
         "sort-permutation",
-        ["train.max_steps=30", "train.log_every=10", "val_size=64", "test_size=200",
+        ["train.max_steps=12", "train.log_every=4", "val_size=64", "test_size=200",
          "plot_points=2", "plot_inputs=2"],
         out=tmp_path / "r",
         progress=False,
@@ -205,7 +205,7 @@ def test_smoke_run_writes_run_directory(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     for key in ("exact_accuracy", "element_accuracy", "not_permutation", "n", "batches"):
         assert key in summary
-    assert summary["n"] == 3 and summary["batches"] == 30
+    assert summary["n"] == 3 and summary["batches"] == 12
     assert 0.0 <= summary["not_permutation"] <= 1.0
     # a permutation matrix with the right order is exact: exact <= 1 - not_permutation
     assert summary["exact_accuracy"] <= 1.0 - summary["not_permutation"] + 1e-9
