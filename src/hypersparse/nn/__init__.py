@@ -1,1 +1,2 @@
 """hypersparse.nn."""
+from .sort import SortLayer  # noqa: F401
