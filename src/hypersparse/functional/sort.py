@@ -14,7 +14,7 @@ choice vectors are drawn per bucket, each *balanced* (exactly ``m/2`` elements g
   noise (``proposal="uniform"``).
 
 Each candidate is a stable partition (a cumulative sum gives every element's new position),
-weighted by its probability ``prod_i p_i^up (1 - p_i)^(1 - up)`` (summed in log space); exact
+weighted by its probability ``prod_i p_i^up (1 - p_i)^(1 - up)`` (in log space); exact
 duplicates are dropped and the weights normalised. A level's output is the weighted sum of its
 ``S`` sparse permutations applied to the items and the keys, so the gradient reaches the keys
 through the weights. Memory is ``O(B S N F)`` per level, never ``O(N^2)``.
@@ -154,10 +154,11 @@ def _level(
         # A real element is free if its bucket has more than m/2 real elements.
         real = ~pad_b
         free = real & (real.sum(-1, keepdim=True) > h)  # (G, M)
-        logp = torch.where(up, F.logsigmoid(z)[:, None], F.logsigmoid(-z)[:, None])
-        logp = torch.where(free, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
-        logw = logp.sum(dim=(-2, -1))  # (B, S)
+        # log P(s) = sum_i log(1 - p_i) + sum_i up_si * z_i, as log p - log(1 - p) = z. The first
+        # sum is the same for every candidate and cancels in the normalisation.
+        zf = (z * free).reshape(b, n)  # (B, N)
         flat = up.reshape(b, samples, n)  # (B, S, N)
+        logw = torch.einsum("bsn,bn->bs", flat.to(zf.dtype), zf)  # (B, S)
         dup = torch.zeros(b, samples, dtype=torch.bool, device=k.device)
         for s in range(samples - 1):  # a static loop over candidates, not over data
             same = (flat[:, s + 1 :] == flat[:, s : s + 1]).all(-1)  # (B, S-s-1)
