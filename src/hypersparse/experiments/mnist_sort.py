@@ -205,7 +205,7 @@ class MnistSort(Experiment):
     Config = MnistSortConfig
     presets = {
         # NeuralSort's optimiser (Adam, lr 1e-4) over a longer run.
-        "full": {"train.epochs": 100, "train.lr": 1e-4, "train.train_batches_per_epoch": 200},
+        "full": {"train.epochs": 100, "train.lr": 1e-4, "train_batches_per_epoch": 200},
     }
 
     def _check(self, config: MnistSortConfig) -> None:
