@@ -4,3 +4,4 @@ from .sparse_weights import SparseWeights, SparseWeights2d, random_fan_in_mask  
 from .hyper import *  # noqa: F401, F403
 from .dilation import *  # noqa: F401, F403
 from .sortnet import *  # noqa: F401, F403
+from .sort import SortLayer  # noqa: F401
