@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .mnist import Digits
+from .splits import Digits
 
 __all__ = ["DigitSequences", "digit_sequences", "sequence_images"]
 
