@@ -42,3 +42,4 @@ from .cluttered import (  # noqa: E402
 
 __all__ += ["ClutteredBatches", "ClutteredImages", "clutter", "cluttered_set"]
 __all__ += ["default_distractors"]
+from .sequences import DigitSequences, digit_sequences, sequence_images  # noqa: F401,E402
