@@ -62,15 +62,21 @@ def timeit(
 
 
 def peak_rss(code: str, *, timeout: float = 600, env: dict[str, str] | None = None) -> int:
-    """Peak resident memory in bytes (``ru_maxrss``) of ``python -c code`` in a fresh child.
+    """Peak resident memory in bytes of ``code`` run by a fresh Python child.
 
-    The child's own ``ru_maxrss`` is reported back on its last line, so other children of this
-    process do not contaminate the figure.
+    The child reports its own high-water mark (``VmHWM`` from ``/proc/self/status``; else
+    ``ru_maxrss``) on its last line, so this process and its other children do not contaminate
+    the figure.
     """
+    # VmHWM is this process's own peak; ru_maxrss can carry a large parent's figure over fork.
     wrapper = (
         code
-        + "\nimport resource, sys\n"
-        + "print('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        + "\nimport resource\n"
+        + "try:\n"
+        + "    _hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+        + "    print('__RSS__', int(_hwm[0].split()[1]))\n"
+        + "except (OSError, IndexError):\n"
+        + "    print('__RSS__', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(wrapper)

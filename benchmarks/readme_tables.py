@@ -37,11 +37,51 @@ def render(table: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _huffman(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["data"], r["symbols"], r["bits_per_symbol"], r["decode_msym_per_s"],
+             r["dahuffman_decode_msym_per_s"], r["speedup_vs_dahuffman"]] for r in d["rows"]]
+    return {"decode": {"columns": ["symbols", "n", "bits / symbol", "decode M sym/s",
+                                   "dahuffman M sym/s", "speed-up"], "rows": rows}}
+
+
+def _compress2(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["method"], "yes" if r["finetuned"] else "no", r["test_accuracy"], r["kilobytes"],
+             r["ratio"]] for r in d["rows"]]
+    return {"methods": {"columns": ["method", "fine-tuned", "test accuracy", "KB", "x smaller"],
+                        "rows": rows}}
+
+
+def _hyperlayer(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    linear = {r["n"]: r["cpu_ms"] for r in d["linear"]}
+    rows = [[r["n"], r["state"], r["method"], f"{100 * r['pair_fraction']:.3g}%", r["cpu_ms"],
+             r["original_ms"], f"{r['speedup_cpu']:.1f}x", linear.get(r["n"])]
+            for r in d["vs_original"]]
+    return {"speed": {"columns": ["n (K = n)", "state", "normalisation", "pairs evaluated",
+                                  "CPU ms / step", "2019 code ms", "speed-up", "nn.Linear CPU ms"],
+                      "rows": rows}}
+
+
+def _kwinners(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[r["layer"], r["width"], r["k"], r["kwta_cpu_us"], r["topk_cpu_us"],
+             r["cpu_kwta_over_topk"], r["cpu_kwta_over_topk_unsorted"], r["relu_cpu_us"]]
+            for r in d["rows"]]
+    return {"speed": {"columns": ["layer", "width", "k", "k-WTA CPU us", "topk CPU us",
+                                  "vs topk", "vs topk (unsorted)", "ReLU CPU us"], "rows": rows}}
+
+
+# Results files written before the "tables" convention get a renderer here.
+RENDERERS = {"huffman": _huffman, "compress2": _compress2, "hyperlayer": _hyperlayer,
+             "kwinners": _kwinners}
+
+
 def tables() -> dict[str, str]:
     out = {}
     for path in sorted((ROOT / "results").glob("*.json")):
         data = json.loads(path.read_text())
-        for name, table in data.get("tables", {}).items():
+        found = dict(data.get("tables", {}))
+        if path.stem in RENDERERS:
+            found.update(RENDERERS[path.stem](data))
+        for name, table in found.items():
             out[f"{path.stem}/{name}"] = render(table)
     return out
 

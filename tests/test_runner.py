@@ -100,6 +100,18 @@ def test_seeds_aggregate_median_mean_std(tmp_path: Path) -> None:
     assert len({s["val_loss"] for s in per_seed}) == 3  # the seeds really differ
 
 
+def test_threads_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = torch.get_num_threads()
+    try:
+        assert main(["run", "toy", "--quiet", "--threads", "1", "--set", "train.epochs=1",
+                     "--out", str(tmp_path / "t")]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["run", "toy", "--threads", "0", "--out", str(tmp_path / "u")]) == 2
+        assert "--threads must be >= 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_parse_seeds() -> None:
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("1,3,7") == [1, 3, 7]

@@ -28,6 +28,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .run import parse_seeds, run_experiment
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     run_dir = run_experiment(
         args.name,
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("eval", help="re-evaluate a finished run from its best checkpoint")

@@ -31,3 +31,15 @@ def digits(dataset: str, split: str, root: str | None = None) -> Digits:
     if dataset in ("fashion", "fashion-mnist"):
         return fashion_mnist(split, root)  # type: ignore[arg-type]
     raise ValueError(f"dataset must be 'mnist' or 'fashion', got {dataset!r}")
+
+from .cluttered import (  # noqa: E402
+    ClutteredBatches,
+    ClutteredImages,
+    clutter,
+    cluttered_set,
+    default_distractors,
+)
+
+__all__ += ["ClutteredBatches", "ClutteredImages", "clutter", "cluttered_set"]
+__all__ += ["default_distractors"]
+from .sequences import DigitSequences, digit_sequences, sequence_images  # noqa: F401,E402

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,8 +50,23 @@ def _check_sizes(sizes: Sequence[int]) -> list[int]:
     return sizes
 
 
+_CONSTS: dict[tuple[tuple[int, ...], torch.dtype, torch.device], Tensor] = {}
+
+
+def const(values: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cached small constant tensor (index lists, sizes): saves a host-to-tensor copy per call.
+    Callers must not modify it in place."""
+    key = (tuple(int(v) for v in values), dtype, torch.device(device))
+    t = _CONSTS.get(key)
+    if t is None:
+        if len(_CONSTS) > 4096:
+            _CONSTS.clear()
+        t = _CONSTS[key] = torch.tensor(key[0], dtype=dtype, device=device)
+    return t
+
+
 def _size_tensor(sizes: Sequence[int], like: Tensor) -> Tensor:
-    return torch.tensor(list(sizes), dtype=like.dtype, device=like.device)
+    return const(sizes, like.dtype, like.device)
 
 
 def bound_means(raw: Tensor, sizes: Sequence[int]) -> Tensor:
@@ -147,12 +163,12 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
     mu = means.detach()
     lead = mu.shape[:-1]  # (..., K)
     nl = len(learn)
-    size_all = torch.tensor(sizes, dtype=torch.long, device=mu.device)
+    size_all = const(sizes, torch.long, mu.device)
     base = mu.round().long().clamp_(min=0)
     base = torch.minimum(base, size_all - 1)  # (..., K, R)
     if nl == 0:
         return base.unsqueeze(-2)  # (..., K, 1, R)
-    cols = torch.tensor(learn, dtype=torch.long, device=mu.device)
+    cols = const(learn, torch.long, mu.device)
     size_l = size_all[cols]  # (L,)
     mu_l = mu.index_select(-1, cols)  # (..., K, L)
     parts = []
@@ -164,7 +180,7 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
                        dtype=torch.float64)
         parts.append((u * size_l).long())  # (..., K, G, L)
     if local_samples:
-        reg = torch.tensor(regions, dtype=torch.long, device=mu.device)
+        reg = const(regions, torch.long, mu.device)
         start = (base.index_select(-1, cols) - reg // 2).clamp_(min=0)
         start = torch.minimum(start, size_l - reg)  # (..., K, L)
         u = torch.rand(*lead, local_samples, nl, generator=generator, device=mu.device,
@@ -191,7 +207,7 @@ def linear_index(points: Tensor, sizes: Sequence[int]) -> Tensor:
     if points.shape[-1] != len(sizes):
         raise ValueError(f"points must end in R={len(sizes)} columns, got {tuple(points.shape)}")
     strides = [math.prod(sizes[i + 1:]) for i in range(len(sizes))]
-    st = torch.tensor(strides, dtype=torch.long, device=points.device)
+    st = const(strides, torch.long, points.device)
     return (points.long() * st).sum(-1)
 
 
@@ -215,6 +231,22 @@ def first_occurrence(keys: Tensor) -> Tensor:
     return torch.zeros_like(first).scatter_(-1, order, first)
 
 
+def _fixed_mask(points: Tensor, means: Tensor, fixed: Sequence[int]) -> Tensor | None:
+    if not fixed:
+        return None
+    fc = const(fixed, torch.long, means.device)
+    pf = points.index_select(-1, fc).long().unsqueeze(-3)  # (..., 1, P, F)
+    mf = means.detach().index_select(-1, fc).round().long().unsqueeze(-2)  # (..., K, 1, F)
+    return (pf == mf).all(-1)  # (..., K, P)
+
+
+def _scaled_diff(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
+    cols = const(learn, torch.long, means.device)
+    pts = points.index_select(-1, cols).to(means.dtype)
+    d = pts.unsqueeze(-3) - means.index_select(-1, cols).unsqueeze(-2)  # (..., K, P, L)
+    return d / sigmas.unsqueeze(-2)
+
+
 def log_densities(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence[int]) -> Tensor:
     """All-pairs unnormalised log densities ``log N_k(p)`` (``-inf`` off a tuple's template).
 
@@ -222,25 +254,15 @@ def log_densities(points: Tensor, means: Tensor, sigmas: Tensor, learn: Sequence
         points: (..., P, R) int or float; means: (..., K, R); sigmas: (..., K, L);
         output: (..., K, P).
     """
-    r = means.shape[-1]
-    learn = list(learn)
-    fixed = [c for c in range(r) if c not in learn]
-    pts = points.to(means.dtype)
-    cols = torch.tensor(learn, dtype=torch.long, device=means.device)
-    d = (pts.index_select(-1, cols).unsqueeze(-3) - means.index_select(-1, cols).unsqueeze(-2))
-    d = d / sigmas.unsqueeze(-2)  # (..., K, P, L)
+    d = _scaled_diff(points, means, sigmas, learn)  # (..., K, P, L)
     logd = -0.5 * (d * d).sum(-1)  # (..., K, P)
-    if fixed:
-        fc = torch.tensor(fixed, dtype=torch.long, device=means.device)
-        pf = points.index_select(-1, fc).long().unsqueeze(-3)  # (..., 1, P, F)
-        mf = means.detach().index_select(-1, fc).round().long().unsqueeze(-2)  # (..., K, 1, F)
-        logd = logd.masked_fill(~(pf == mf).all(-1), float("-inf"))
-    return logd
+    mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
+    return logd if mask is None else logd.masked_fill(~mask, float("-inf"))
 
 
 def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Tensor,
                   values: Tensor, learn: Sequence[int], *, method: str = "exact",
-                  cutoff: float = 5.0) -> Tensor:
+                  cutoff: float = 5.0, sizes: Sequence[int] | None = None) -> Tensor:
     """Weights ``w(p) = sum_k v_k N_k(p) / Z_k`` of the points of each context.
 
     Each tuple is normalised over every distinct point of its context (``keep`` marks one copy of
@@ -256,6 +278,8 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
         sigmas: standard deviations over the learned columns.
         values: tuple values.
         learn: the learned columns.
+        sizes: the R dimension sizes (used by ``"neighbours"`` for its grid; default: the
+            points' extent).
 
     Shape:
         points: (..., P, R); keep: (..., P); means: (..., K, R); sigmas: (..., K, L);
@@ -271,12 +295,83 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
     if method == "neighbours":
         from .neighbours import neighbour_weights
 
-        return neighbour_weights(points, keep, means, sigmas, values, learn, cutoff=cutoff)
+        return neighbour_weights(points, keep, means, sigmas, values, learn, cutoff=cutoff,
+                                 sizes=sizes)
     if method != "exact":
         raise ValueError(f"method must be 'exact' or 'neighbours', got {method!r}")
-    logd = log_densities(points, means, sigmas, learn)  # (..., K, P)
+    learn = list(learn)
+    mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
     if keep is not None:
-        logd = logd.masked_fill(~keep.unsqueeze(-2), float("-inf"))
+        mask = keep.unsqueeze(-2) if mask is None else mask & keep.unsqueeze(-2)  # (..., K, P)
+    return _exact_weights(points, means, sigmas, values, learn, mask)
+
+
+def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,
+                   learn: list[int], mask: Tensor | None) -> Tensor:
+    cols = const(learn, torch.long, means.device)
+    mu = means.index_select(-1, cols)  # (..., K, L)
+    pts = points.index_select(-1, cols).to(means.dtype)  # (..., P, L)
     # a tuple with no point in its context (only possible for hand-made points) gets weight 0
-    logz = torch.logsumexp(logd, dim=-1, keepdim=True).clamp_min(torch.finfo(logd.dtype).min)
-    return (values.unsqueeze(-2) @ torch.exp(logd - logz)).squeeze(-2)  # (..., P)
+    return _ExactWeights.apply(pts, mu, sigmas, values.to(means.dtype), mask)
+
+
+#: Normalised densities below exp(-60) (~1e-26 of a tuple's total) are set to exactly zero:
+#: computing and multiplying subnormal floats is 10x slower on CPUs (measured on exp).
+LOG_FLUSH = -60.0
+
+
+def _exp_flush(x: Tensor) -> Tensor:
+    """``exp(x)`` in place, with results below ``exp(LOG_FLUSH)`` flushed to zero."""
+    small = x < LOG_FLUSH
+    return x.clamp_(min=LOG_FLUSH).exp_().masked_fill_(small, 0.0)
+
+
+def _scaled_column(pts: Tensor, mu: Tensor, inv: Tensor, i: int) -> Tensor:
+    """``(p_i - mu_ki) / sigma_ki`` for one learned column: (..., K, P), contiguous."""
+    return (pts[..., i].unsqueeze(-2) - mu[..., i].unsqueeze(-1)).mul_(inv[..., i].unsqueeze(-1))
+
+
+class _ExactWeights(torch.autograd.Function):
+    """All-pairs weights with a hand-written backward.
+
+    Works column by column on contiguous (K, P) tensors (a (K, P, L) layout with L = 2 is 4x
+    slower), keeps every exp argument in [LOG_FLUSH, 0] (exp of very negative floats takes a
+    10x slower path) and recomputes the scaled differences in backward instead of saving them.
+    With ``A_kp = N_k(p) / Z_k``, ``w_p = sum_k v_k A_kp`` and ``d = (p - mu) / sigma``:
+    ``dv_k = sum_p A_kp gw_p``, ``dlogN_kp = v_k A_kp (gw_p - dv_k)``,
+    ``dmu_kr = sum_p dlogN_kp d_kpr / sigma_kr``, ``dsigma_kr = sum_p dlogN_kp d_kpr^2 / sigma_kr``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, pts: Tensor, mu: Tensor, sigmas: Tensor, values: Tensor,
+                mask: Tensor | None) -> Tensor:
+        inv = sigmas.reciprocal()  # (..., K, L)
+        sq: Tensor | None = None
+        for i in range(mu.shape[-1]):
+            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            sq = t.mul_(t) if sq is None else sq.addcmul_(t, t)
+        assert sq is not None
+        if mask is not None:
+            sq.masked_fill_(~mask, float("inf"))
+        # x = log N_k(p) - max_p log N_k(p) <= 0; a tuple with an empty context gets weight 0
+        near = sq.amin(-1, keepdim=True).clamp_max(torch.finfo(sq.dtype).max)  # (..., K, 1)
+        x = sq.sub_(near).mul_(-0.5)
+        a = torch.threshold_(x, LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
+        a.div_(a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny))
+        ctx.save_for_backward(pts, mu, inv, values, a)
+        return (values.unsqueeze(-2) @ a).squeeze(-2)  # (..., P)
+
+    @staticmethod
+    def backward(ctx: Any, gw: Tensor) -> Any:
+        pts, mu, inv, values, a = ctx.saved_tensors
+        gv = (a @ gw.unsqueeze(-1)).squeeze(-1)  # (..., K)
+        g = (gw.unsqueeze(-2) - gv.unsqueeze(-1)).mul_(a).mul_(values.unsqueeze(-1))  # (..., K, P)
+        gmu, gsig = [], []
+        for i in range(mu.shape[-1]):
+            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            gt = t.mul_(g)  # g * d
+            gmu.append(gt.sum(-1))
+            gsig.append((gt.mul_(_scaled_column(pts, mu, inv, i))).sum(-1))
+        gm = torch.stack(gmu, -1).mul_(inv)  # (..., K, L)
+        gs = torch.stack(gsig, -1).mul_(inv)
+        return None, gm, gs, gv, None

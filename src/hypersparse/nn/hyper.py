@@ -24,6 +24,7 @@ from ..functional.hyper import (
     MAX_LINEAR,
     bound_means,
     bound_sigmas,
+    const,
     first_occurrence,
     linear_index,
     point_weights,
@@ -35,6 +36,8 @@ __all__ = ["Connections", "HyperLayer", "SparseLayer"]
 _METHODS = ("auto", "exact", "neighbours")
 #: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
 AUTO_EXACT_PAIRS = 2**16
+#: ... and never above this many (memory: the exact path holds a few (K, P, R') tensors).
+AUTO_EXACT_MAX_PAIRS = 2**23
 
 
 class Connections(NamedTuple):
@@ -229,14 +232,23 @@ class HyperLayer(nn.Module):
             means = learned
         else:
             full = self.template.to(learned.dtype).expand(lead + self.template.shape)
-            means = full.index_copy(-1, torch.tensor(self.learn, device=full.device), learned)
+            means = full.index_copy(-1, const(self.learn, torch.long, full.device), learned)
         return means, sigmas, values
 
     # ------------------------------------------------------------------ core
-    def _method(self, points_per_context: int) -> str:
+    def method(self, sigmas: Tensor, points_per_context: int) -> str:
+        """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts, or when
+        the tuples' neighbour boxes cover over a quarter of the index space anyway (large
+        sigmas, where hashing costs more than it saves); neighbour-limited otherwise."""
         if self.normalisation != "auto":
             return self.normalisation
-        return "exact" if self.k * points_per_context <= AUTO_EXACT_PAIRS else "neighbours"
+        pairs = self.k * points_per_context
+        if pairs <= AUTO_EXACT_PAIRS:
+            return "exact"
+        half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
+        size = const(self.learned_sizes, half.dtype, half.device)
+        cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
+        return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and float(cover) > 0.25 else "neighbours"
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
@@ -251,7 +263,7 @@ class HyperLayer(nn.Module):
         r = len(self.sizes)
         sample = self.training if sample is None else sample
         if not sample:
-            hi = torch.tensor(self.sizes, device=means.device) - 1
+            hi = const([s - 1 for s in self.sizes], torch.long, means.device)
             idx = torch.minimum(means.detach().round().long().clamp(min=0), hi)  # (.., K, R)
             weights = values
         else:
@@ -262,7 +274,8 @@ class HyperLayer(nn.Module):
             idx = pts.flatten(-3, -2)  # (.., P, R)
             keep = first_occurrence(linear_index(idx, self.sizes))  # (.., P)
             weights = point_weights(idx, keep, means, sigmas, values, self.learn,
-                                    method=self._method(idx.shape[-2]), cutoff=self.cutoff)
+                                    method=self.method(sigmas, idx.shape[-2]), cutoff=self.cutoff,
+                                    sizes=self.sizes)
         if shared:
             return Connections(idx, weights, None)
         b, p = idx.shape[0], idx.shape[1]

@@ -1,0 +1,361 @@
+"""``glimpse``: glimpse attention on cluttered MNIST (seed 000), against a plain CNN and a
+spatial-transformer glimpse trained in the same harness, on the same data and budget.
+
+Three stages, all through ``ctx.fit`` with the same :class:`TrainConfig` and batches:
+
+* ``glimpse``: :class:`~hypersparse.nn.Glimpse` (a source net on a subsampled image predicts one
+  box per glimpse; a k x k sparse hyperlayer reads it) -> a small CNN head -> logits;
+* ``cnn``: a plain CNN on the full image;
+* ``stn``: the same source net and head, the glimpse read by ``grid_sample`` (bilinear).
+
+Cross-entropy on logits (the 2019 code's softmax-before-cross-entropy is not copied). The best
+checkpoint of each stage is chosen on the fixed validation set; test error is reported at it.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import ClutteredBatches, ClutteredImages, cluttered_set, default_distractors, digits
+from ..functional.glimpse import sample_boxes
+from ..nn.glimpse import Glimpse, box_source
+from ..run import RunContext
+from ..train import TrainConfig, make_optimizer
+from .base import Experiment, register_experiment
+from .common import classification_loss, count_parameters
+
+
+@dataclass
+class GlimpseConfig:
+    seed: int = 0
+    dataset: Literal["mnist", "fashion"] = "mnist"
+    canvas: int = 60
+    distractors: int | None = None  # None: 8 on 100x100, 4 on 60x60
+    glimpses: int = 1
+    size: int = 20
+    downsample: int = 4
+    pool: Literal["stride", "avg"] = "stride"
+    head: Literal["cnn", "mlp"] = "cnn"
+    head_width: int = 32
+    cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
+    global_samples: int = 2
+    local_samples: int = 4
+    sigma_scale: float = 0.01
+    init_extent: float = 0.9
+    source_lr: float = 1.0  # learning-rate multiplier of the box source (and sigmas)
+    cnn: bool = True
+    stn: bool = True
+    eval_batch: int = 500
+    eval_digits: int | None = None  # cap the fixed val/test sets (smoke tests); None: all
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(epochs=3, batch_size=64, lr=1e-3)
+    )
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def conv_block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                               nn.ReLU()]
+    return layers + [nn.MaxPool2d(2)] if pool else layers
+
+
+class GlimpseHead(nn.Module):
+    """Classifier over G glimpses (B, G, C, k, k).
+
+    ``cnn``: a shared per-glimpse CNN (conv w -> pool -> conv 2w -> pool, 3x3 with batch
+    norm), features concatenated -> Linear(128) -> ReLU -> Linear(10). ``mlp``: the 2019 head,
+    Linear(k*k*C*G, 32) -> ReLU -> Linear(10).
+    """
+
+    def __init__(self, glimpses: int, channels: int, size: int, kind: str = "cnn",
+                 width: int = 32) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "mlp":
+            self.features: nn.Module = nn.Identity()
+            n = glimpses * channels * size * size
+            self.classify = nn.Sequential(nn.Linear(n, 32), nn.ReLU(), nn.Linear(32, 10))
+        elif kind == "cnn":
+            self.features = nn.Sequential(*conv_block(channels, width, True),
+                                          *conv_block(width, 2 * width, True))
+            n = glimpses * 2 * width * (size // 4) ** 2
+            self.classify = nn.Sequential(nn.Linear(n, 128), nn.ReLU(), nn.Linear(128, 10))
+        else:
+            raise ValueError(f"head must be 'cnn' or 'mlp', got {kind!r}")
+
+    def forward(self, g: Tensor) -> Tensor:
+        b = g.shape[0]
+        f = self.features(g.flatten(0, 1))  # (B*G, ...)
+        return self.classify(f.reshape(b, -1))  # (B, 10)
+
+
+class STNGlimpse(nn.Module):
+    """The spatial-transformer baseline: the same box source, the glimpse read by
+    ``grid_sample(mode="bilinear", align_corners=True)`` (4 pixels per grid point)."""
+
+    def __init__(self, in_shape: tuple[int, int, int], size: int, glimpses: int,
+                 **source_kwargs: Any) -> None:
+        super().__init__()
+        self.in_shape, self.size, self.glimpses = in_shape, size, glimpses
+        self.source = box_source(in_shape, glimpses, **source_kwargs)
+
+    def boxes(self, x: Tensor) -> Tensor:
+        from ..functional.glimpse import glimpse_boxes
+
+        raw = self.source(x).view(x.shape[0], self.glimpses, 4)  # (B, G, 4)
+        return glimpse_boxes(raw, self.in_shape[1:])
+
+    def forward_with_boxes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        boxes = self.boxes(x)
+        return sample_boxes(x, boxes, (self.size, self.size)), boxes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_boxes(x)[0]
+
+
+class GlimpseNet(nn.Module):
+    """``head(sampler(x))``: a glimpse sampler (hyperlayer or STN) and its classifier."""
+
+    def __init__(self, sampler: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.sampler, self.head = sampler, head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.sampler(x))
+
+
+def plain_cnn(canvas: int, channels: tuple[int, ...] = (32, 64, 64, 128)) -> nn.Sequential:
+    """The full-image baseline: [conv3x3 -> BN -> ReLU -> maxpool2] per width -> Linear(128)
+    -> ReLU -> Linear(10)."""
+    layers: list[nn.Module] = []
+    c, s = 1, canvas
+    for ch in channels:
+        layers += conv_block(c, ch, True)
+        c, s = ch, s // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * s * s, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
+def _source_kwargs(config: GlimpseConfig) -> dict[str, Any]:
+    return {"downsample": config.downsample, "pool": config.pool,
+            "init_extent": config.init_extent}
+
+
+def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
+    """The model of one stage: ``glimpse``, ``stn`` or ``cnn`` (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    in_shape = (1, config.canvas, config.canvas)
+    g = torch.Generator().manual_seed(config.seed)
+    head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width)
+    if kind == "glimpse":
+        sampler = Glimpse(
+            in_shape, config.size, config.glimpses, global_samples=config.global_samples,
+            local_samples=config.local_samples, sigma_scale=config.sigma_scale, generator=g,
+            **_source_kwargs(config))
+        # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
+        sampler.generator = None
+        model: nn.Module = GlimpseNet(sampler, head)
+    elif kind == "stn":
+        model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
+                                      **_source_kwargs(config)), head)
+    elif kind == "cnn":
+        model = plain_cnn(config.canvas, config.cnn_channels)
+    else:
+        raise ValueError(f"kind must be 'glimpse', 'stn' or 'cnn', got {kind!r}")
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: Tensor, device: torch.device, batch: int) -> dict[str, Tensor]:
+    """Logits, and for glimpse models the boxes and the pixel fractions, over ``x`` in chunks."""
+    model.eval()
+    out: dict[str, list[Tensor]] = {"logits": [], "boxes": [], "read": [], "glimpse_read": []}
+    for i in range(0, x.shape[0], batch):
+        xb = x[i : i + batch].to(device)
+        if isinstance(model, GlimpseNet):
+            sampler: Glimpse | STNGlimpse = model.sampler  # type: ignore[assignment]
+            glimpses, boxes = sampler.forward_with_boxes(xb)
+            out["logits"].append(model.head(glimpses))
+            out["boxes"].append(boxes)
+            if isinstance(sampler, Glimpse):
+                out["read"].append(sampler.pixels_read(xb))
+                out["glimpse_read"].append(sampler.pixels_read(xb, include_source=False))
+        else:
+            out["logits"].append(model(xb))
+    return {k: torch.cat(v) for k, v in out.items() if v}
+
+
+def box_iou(boxes: Tensor, truth: Tensor) -> Tensor:
+    """IoU of each predicted box (B, 4) with the digit's box (B, 4), pixel areas inclusive."""
+    t = truth.to(boxes.dtype)
+    hi = torch.minimum(boxes[:, 2:], t[:, 2:])
+    lo = torch.maximum(boxes[:, :2], t[:, :2])
+    inter = (hi - lo + 1).clamp(min=0).prod(-1)
+    area = (boxes[:, 2:] - boxes[:, :2] + 1).prod(-1) + (t[:, 2:] - t[:, :2] + 1).prod(-1)
+    return inter / (area - inter)
+
+
+def _optimizer(model: nn.Module, config: GlimpseConfig) -> torch.optim.Optimizer:
+    """The configured optimiser; the box source (and sigmas) at ``source_lr`` times the rate,
+    since Adam moves a box's raw parameters by at most ~lr per step."""
+    sampler = getattr(model, "sampler", None)
+    if sampler is None or config.source_lr == 1.0:
+        return make_optimizer(model.parameters(), config.train)
+    fast = {id(p) for p in sampler.parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) in fast],
+               "lr": config.train.lr * config.source_lr},
+              {"params": [p for p in model.parameters() if id(p) not in fast]}]
+    return make_optimizer(groups, config.train)
+
+
+@functools.lru_cache(maxsize=4)
+def _fixed_set(dataset: str, split: str, canvas: int, distractors: int | None) -> ClutteredImages:
+    return cluttered_set(digits(dataset, split), canvas=canvas, distractors=distractors)
+
+
+def _error(logits: Tensor, labels: Tensor) -> float:
+    return float((logits.argmax(-1) != labels.to(logits.device)).float().mean())
+
+
+# ----------------------------------------------------------------------------- experiment
+
+
+@register_experiment("glimpse", help="glimpse attention (sparse hyperlayer) on cluttered MNIST "
+                     "vs a plain CNN and a spatial transformer")
+class GlimpseExperiment(Experiment):
+    Config = GlimpseConfig
+    presets = {
+        "full": {"canvas": 100, "distractors": 8, "glimpses": 1, "size": 32,
+                 "train.epochs": 30, "train.schedule": "cosine"},
+        "full8": {"canvas": 100, "distractors": 8, "glimpses": 8, "size": 12,
+                  "train.epochs": 30, "train.schedule": "cosine"},
+    }
+
+    def _sets(self, config: GlimpseConfig) -> dict[str, ClutteredImages]:
+        sets = {s: _fixed_set(config.dataset, s, config.canvas, config.distractors)
+                for s in ("val", "test")}
+        n = config.eval_digits
+        if n is None:
+            return sets
+        return {s: ClutteredImages(*(getattr(d, f)[:n] for f in
+                                     ("images", "labels", "boxes", "digit", "distractor")))
+                for s, d in sets.items()}
+
+    def _stages(self, config: GlimpseConfig) -> list[str]:
+        return ["glimpse"] + (["cnn"] if config.cnn else []) + (["stn"] if config.stn else [])
+
+    def run(self, config: GlimpseConfig, ctx: RunContext) -> dict[str, Any]:
+        if config.size < 4 and config.head == "cnn":
+            raise ValueError(f"size must be >= 4 for the cnn head, got {config.size}")
+        train = ClutteredBatches(digits(config.dataset, "train"), config.train.batch_size,
+                                 canvas=config.canvas, distractors=config.distractors,
+                                 patch=8, seed=config.seed)
+        val = self._sets(config)["val"]
+        vx, vy = val.float(), val.labels
+
+        def validate(m: nn.Module) -> dict[str, float]:
+            logits = _predict(m, vx, ctx.device, config.eval_batch)["logits"]
+            return {"val_loss": float(F.cross_entropy(logits, vy.to(logits.device))),
+                    "val_error": _error(logits, vy)}
+
+        models, seconds = {}, {}
+        for stage in self._stages(config):
+            model = build(config, stage, ctx.device)
+            result = ctx.fit(model, classification_loss, train, config=config.train,
+                             stage=stage, validate=validate, select="val_error", mode="min",
+                             optimizer=_optimizer(model, config))
+            models[stage] = model
+            seconds[stage] = result.train_seconds / max(result.epochs_done, 1e-9)
+        summary = self.evaluate(config, ctx, models)
+        summary["seconds_per_epoch"] = seconds["glimpse"]
+        for stage in ("cnn", "stn"):
+            if stage in seconds:
+                summary[f"{stage}_seconds_per_epoch"] = seconds[stage]
+        self._plot(config, ctx, models["glimpse"], models.get("stn"))
+        return summary
+
+    def evaluate(self, config: GlimpseConfig, ctx: RunContext,
+                 models: dict[str, nn.Module] | None = None) -> dict[str, Any]:
+        if models is None:
+            models = {s: ctx.load_best(build(config, s, ctx.device), stage=s)
+                      for s in self._stages(config)}
+        sets = self._sets(config)
+        out: dict[str, Any] = {
+            "canvas": config.canvas,
+            "distractors": default_distractors(config.canvas)
+            if config.distractors is None else config.distractors,
+            "train_digits": len(digits(config.dataset, "train")),
+            "test_images": len(sets["test"]),
+            "data_source": digits(config.dataset, "test").source,
+        }
+        for stage, model in models.items():
+            prefix = "" if stage == "glimpse" else f"{stage}_"
+            for split, data in sets.items():
+                pred = _predict(model, data.float(), ctx.device, config.eval_batch)
+                out[f"{prefix}{split}_error"] = _error(pred["logits"], data.labels)
+                if split == "test" and "boxes" in pred:
+                    iou = box_iou(pred["boxes"][:, 0], data.boxes.to(pred["boxes"].device))
+                    out[f"{prefix}box_iou"] = float(iou.mean())
+                if split == "test" and "read" in pred:
+                    out["pixels_read_fraction"] = float(pred["read"].mean())
+                    out["glimpse_pixels_fraction"] = float(pred["glimpse_read"].mean())
+            out[f"{prefix}params"] = count_parameters(model)
+        for stage in ("cnn", "stn"):
+            out.setdefault(f"{stage}_test_error", None)
+        return out
+
+    def _plot(self, config: GlimpseConfig, ctx: RunContext, model: nn.Module,
+              stn: nn.Module | None) -> None:
+        from matplotlib.patches import Rectangle
+
+        from ..plotting import figure
+
+        test = self._sets(config)["test"]
+        n = 8
+        x = test.float()[:n]
+        pred = _predict(model, x, ctx.device, n)
+        model.eval()
+        with torch.no_grad():
+            glimpses, _ = model.sampler.forward_with_boxes(x.to(ctx.device))  # type: ignore
+        stn_boxes = _predict(stn, x, ctx.device, n)["boxes"] if stn is not None else None
+        fig, axes = figure(1, n, figsize=(2.2 * n, 2.6), squeeze=False)
+        for i, ax in enumerate(axes[0]):
+            ax.imshow(x[i, 0], cmap="gray", vmin=0, vmax=1)
+            t = test.boxes[i].tolist()
+            ax.add_patch(Rectangle((t[1] - 0.5, t[0] - 0.5), 28, 28, fill=False, ec="lime",
+                                   ls=":", lw=1))
+            for j, b in enumerate(pred["boxes"][i].tolist()):
+                ax.add_patch(Rectangle((b[1], b[0]), b[3] - b[1], b[2] - b[0], fill=False,
+                                       ec="red", lw=1.2, label="glimpse" if j == 0 else None))
+            if stn_boxes is not None:
+                for b in stn_boxes[i].tolist():
+                    ax.add_patch(Rectangle((b[1], b[0]), b[3] - b[1], b[2] - b[0], fill=False,
+                                           ec="cyan", lw=0.8, ls="--"))
+            guess = int(pred["logits"][i].argmax())
+            ax.set_title(f"label {int(test.labels[i])}, pred {guess}", fontsize=8)
+            ax.axis("off")
+        fig.suptitle("test images: digit box (green), hyperlayer glimpse (red), STN (cyan)",
+                     fontsize=9)
+        ctx.save_figure(fig, "boxes")
+
+        g = config.glimpses
+        cols = min(g, 8)
+        fig, axes = figure(n, cols, figsize=(1.4 * cols, 1.4 * n), squeeze=False)
+        for i in range(n):
+            for j in range(cols):
+                axes[i][j].imshow(glimpses[i, j, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+                axes[i][j].axis("off")
+        fig.suptitle(f"eval glimpses ({config.size}x{config.size})", fontsize=9)
+        ctx.save_figure(fig, "glimpses")
+

@@ -1,0 +1,311 @@
+"""Glimpse attention: an adaptive sparse hyperlayer that learns where to look (seed 000).
+
+:class:`Glimpse` is a :class:`~hypersparse.nn.HyperLayer` over ``in_shape = (C, H, W)`` with
+``out_shape = (G, C, kh, kw)``. A template fixes the output coordinates (glimpse, channel, grid
+row, grid column) and the input channel; only the input (row, col) are learned. A small source
+network looks at a subsampled image and emits one box per glimpse; the ``kh x kw`` means are laid
+evenly inside it (:func:`~hypersparse.functional.box_grid`), with one learned sigma per glimpse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.glimpse import (
+    box_grid,
+    gather_glimpse,
+    glimpse_boxes,
+    glimpse_point_weights,
+    sample_grid_points,
+)
+from ..functional.hyper import bound_sigmas
+from .hyper import Connections, HyperLayer
+
+__all__ = ["Glimpse", "Subsample", "box_source"]
+
+
+class Subsample(nn.Module):
+    """Keep every ``factor``-th row and column: ``x[..., ::factor, ::factor]``.
+
+    Unlike average pooling this reads only ``1 / factor^2`` of the pixels.
+
+    Shape:
+        input: (*, H, W); output: (*, ceil(H / factor), ceil(W / factor)).
+    """
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"factor must be an int >= 1, got {factor!r}")
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[..., :: self.factor, :: self.factor]
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def box_source(
+    in_shape: Sequence[int],
+    glimpses: int = 1,
+    *,
+    downsample: int = 4,
+    pool: Literal["stride", "avg"] = "stride",
+    channels: Sequence[int] = (16, 32),
+    hidden: int = 64,
+    init_extent: float = 0.9,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Sequential:
+    """The default hypernetwork of :class:`Glimpse`: image -> raw boxes ``(cy, cx, sh, sw)``.
+
+    ``Subsample(downsample)`` (or ``AvgPool2d``) -> [Conv5x5 -> ReLU -> MaxPool2] per entry of
+    ``channels`` -> Linear(hidden) -> ReLU -> Linear(4 * glimpses). The last layer starts with
+    zero weights and a bias giving boxes of ``init_extent`` times the image, centred for one
+    glimpse, at random positions (torch RNG, ``generator``) for several.
+
+    Shape:
+        input: (B, C, H, W); output: (B, 4 * glimpses).
+    """
+    c, h, w = (int(s) for s in in_shape)
+    if not 0 < init_extent < 1:
+        raise ValueError(f"init_extent must be in (0, 1), got {init_extent}")
+    if pool not in ("stride", "avg"):
+        raise ValueError(f"pool must be 'stride' or 'avg', got {pool!r}")
+    factory: dict[str, Any] = {"device": device, "dtype": dtype}
+    layers: list[nn.Module] = [
+        Subsample(downsample) if pool == "stride" else nn.AvgPool2d(downsample, ceil_mode=True)
+    ]
+    h, w = math.ceil(h / downsample), math.ceil(w / downsample)
+    for ch in channels:
+        layers += [nn.Conv2d(c, ch, 5, padding=2, **factory), nn.ReLU(), nn.MaxPool2d(2)]
+        c, h, w = ch, h // 2, w // 2
+    if h < 1 or w < 1:
+        raise ValueError(f"in_shape {tuple(in_shape)} is too small for downsample={downsample} "
+                         f"and {len(channels)} pooling stages")
+    last = nn.Linear(hidden, 4 * glimpses, **factory)
+    with torch.no_grad():
+        last.weight.zero_()
+        bias = last.bias.view(glimpses, 4)  # (G, 4)
+        bias[:, 2:] = math.log(init_extent / (1 - init_extent))
+        if glimpses > 1:
+            u = torch.rand(glimpses, 2, generator=generator, dtype=torch.float64)
+            bias[:, :2] = torch.logit(u.clamp(0.1, 0.9)).to(bias.dtype)
+        else:
+            bias[:, :2] = 0.0
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden, **factory), nn.ReLU(), last]
+    return nn.Sequential(*layers)
+
+
+class Glimpse(HyperLayer):
+    """``G`` learned ``kh x kw`` glimpses of an image: a templated adaptive hyperlayer.
+
+    Tuple ``(g, c, i, j, c, row, col)`` connects input pixel (c, row, col) to output
+    (g, c, i, j); the first five columns are fixed by the template, (row, col) is the
+    ``(i, j)``-th point of a ``kh x kw`` grid laid evenly inside glimpse ``g``'s box, which the
+    ``source`` network predicts from the input. Values are fixed to 1; there is one learned
+    sigma per glimpse (``bound_sigmas`` of the core, relative to H and W).
+
+    Training samples, per grid point, its 4 floor/ceil corners plus ``global_samples`` and
+    ``local_samples`` random points (shared by the channels) and normalises each tuple over its
+    own distinct points, exactly the core's semantics for tuples with distinct template columns
+    (see :mod:`hypersparse.functional.glimpse`); the product is a gather, O(B * K * S). Eval
+    reads the pixel nearest to each mean (``round(mu)``, weight 1), i.e.
+    ``grid_sample(mode="nearest", align_corners=True)`` over the box.
+
+    Args:
+        in_shape: ``(C, H, W)``.
+        size: the glimpse side ``k`` or ``(kh, kw)``.
+        glimpses: G.
+        source: maps (B, C, H, W) to (B, 4 * G) raw boxes ``(cy, cx, sh, sw)`` (see
+            :func:`~hypersparse.functional.glimpse_boxes`); default :func:`box_source` with
+            ``source_kwargs``.
+        global_samples, local_samples, region, sigma_scale, min_sigma: as for
+            :class:`~hypersparse.nn.HyperLayer`.
+        generator: RNG for sampling and for the default source's initial boxes.
+        device, dtype: of the parameters and buffers.
+
+    Shape:
+        input: (B, C, H, W); output: (B, G, C, kh, kw).
+
+    Example:
+        >>> layer = Glimpse((1, 60, 60), 12, glimpses=2)
+        >>> layer(torch.rand(3, 1, 60, 60)).shape
+        torch.Size([3, 2, 1, 12, 12])
+    """
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        size: int | Sequence[int],
+        glimpses: int = 1,
+        *,
+        source: nn.Module | None = None,
+        global_samples: int = 2,
+        local_samples: int = 4,
+        region: int | Sequence[int] | None = None,
+        sigma_scale: float = 0.01,
+        min_sigma: float = 0.05,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **source_kwargs: Any,
+    ) -> None:
+        shape = tuple(in_shape) if not isinstance(in_shape, int) else (in_shape,)
+        if len(shape) != 3 or any(not isinstance(s, int) or s < 1 for s in shape):
+            raise ValueError(f"in_shape must be (C, H, W) of positive ints, got {in_shape}")
+        ks = (size, size) if isinstance(size, int) else tuple(size)
+        if len(ks) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1
+                               for s in ks):
+            raise ValueError(f"size must be an int >= 1 or (kh, kw), got {size!r}")
+        if not isinstance(glimpses, int) or isinstance(glimpses, bool) or glimpses < 1:
+            raise ValueError(f"glimpses must be an int >= 1, got {glimpses!r}")
+        c, h, w = shape
+        kh, kw = ks
+        out_shape = (glimpses, c, kh, kw)
+        grid = torch.stack(torch.meshgrid(*(torch.arange(s) for s in out_shape), indexing="ij"),
+                           -1).reshape(-1, 4)  # (K, 4): g, c, i, j
+        template = torch.cat([grid, grid[:, 1:2], torch.zeros(grid.shape[0], 2, dtype=torch.long)],
+                             dim=1).double()  # (K, 7)
+        super().__init__(
+            shape, out_shape, grid.shape[0], global_samples=global_samples,
+            local_samples=local_samples, region=region, sigma_scale=sigma_scale,
+            min_sigma=min_sigma, learn_values=False, template=template, learn_cols=(5, 6),
+            normalisation="exact", device=device, dtype=dtype,
+        )
+        self.size, self.glimpses = (kh, kw), glimpses
+        self.generator = generator
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        if source is None:
+            source = box_source(shape, glimpses, generator=generator, **factory, **source_kwargs)
+        elif source_kwargs:
+            raise TypeError(f"source_kwargs {sorted(source_kwargs)} need the default source")
+        self.source = source
+        self.raw_sigmas = nn.Parameter(torch.zeros(glimpses, **factory))
+
+    # ------------------------------------------------------------------ the hypernetwork
+    def boxes(self, x: Tensor) -> Tensor:
+        """Glimpse boxes ``(top, left, bottom, right)`` in index coordinates, inside the image.
+
+        Shape: x (B, C, H, W); output (B, G, 4).
+        """
+        raw = self.source(x)
+        if raw.shape != (x.shape[0], 4 * self.glimpses):
+            raise ValueError(f"source must return (B, {4 * self.glimpses}) raw boxes, got "
+                             f"{tuple(raw.shape)}")
+        return glimpse_boxes(raw.view(x.shape[0], self.glimpses, 4), self.in_shape[1:])  # (B,G,4)
+
+    def sigmas(self) -> Tensor:
+        """Per-glimpse standard deviations over (row, col), shape (G, 2)."""
+        return bound_sigmas(self.raw_sigmas, self.in_shape[1:], sigma_scale=self.sigma_scale,
+                            min_sigma=self.min_sigma)
+
+    def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        raise NotImplementedError("Glimpse computes its means in index space; see tuples()")
+
+    def tuples(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Index-space means (B, K, 7), deviations (B, K, 2) and values (B, K) (all ones)."""
+        mu = self._means(self.boxes(x))  # (B, G, Q, 2)
+        b, (g, c, kh, kw) = x.shape[0], self.out_shape
+        mu = mu.unsqueeze(2).expand(b, g, c, kh * kw, 2).reshape(b, self.k, 2)  # (B, K, 2)
+        t = self.template
+        assert t is not None
+        full = t.to(mu.dtype).expand(b, self.k, 7)
+        means = torch.cat([full[..., :5], mu], dim=-1)  # (B, K, 7)
+        sig = self.sigmas().unsqueeze(1).expand(g, c * kh * kw, 2).reshape(self.k, 2)  # (K, 2)
+        return means, sig.expand(b, self.k, 2), self.fixed_values.expand(b, self.k)
+
+    def _means(self, boxes: Tensor) -> Tensor:
+        return box_grid(boxes, self.size)  # (B, G, Q, 2)
+
+    # ------------------------------------------------------------------ reading
+    def _points(self, means: Tensor, sample: bool) -> tuple[Tensor, Tensor | None]:
+        """Integer points (B, G, Q, S, 2) and their weights (B, G, Q, S) (None in eval)."""
+        h, w = self.in_shape[1:]
+        if not sample:
+            hi = torch.tensor([h - 1, w - 1], device=means.device)
+            idx = torch.minimum(means.detach().round().long().clamp(min=0), hi)  # (B, G, Q, 2)
+            return idx.unsqueeze(-2), None  # (B, G, Q, 1, 2)
+        pts = sample_grid_points(means, (h, w), global_samples=self.global_samples,
+                                 local_samples=self.local_samples, region=self.region,
+                                 generator=self.generator)  # (B, G, Q, S, 2)
+        sig = self.sigmas().view(1, self.glimpses, 1, 2)  # (1, G, 1, 2)
+        return pts, glimpse_point_weights(pts, means, sig)
+
+    def forward_with_boxes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The glimpses (B, G, C, kh, kw) and the boxes (B, G, 4) that produced them."""
+        x = self._check(x)
+        boxes = self.boxes(x)
+        pts, weights = self._points(self._means(boxes), self.training)
+        out = gather_glimpse(x, pts, weights)  # (B, G, C, Q)
+        return out.reshape(x.shape[0], *self.out_shape), boxes
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_boxes(x)[0]
+
+    def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
+                    sample: bool | None = None) -> Connections:
+        """The weight tensor as entries over ``out_shape + in_shape`` (see the base class);
+        built by the O(K * S) glimpse path rather than the all-pairs one."""
+        x = self._check(x)
+        sample = self.training if sample is None else sample
+        if generator is not None:
+            self.generator, old = generator, self.generator
+        try:
+            pts, weights = self._points(self._means(self.boxes(x)), sample)
+        finally:
+            if generator is not None:
+                self.generator = old
+        b, (g, c, kh, kw) = x.shape[0], self.out_shape
+        s = pts.shape[-2]
+        if weights is None:
+            weights = torch.ones(pts.shape[:-1], device=x.device, dtype=x.dtype)
+        pts = pts.unsqueeze(2).expand(b, g, c, kh * kw, s, 2)  # (B, G, C, Q, S, 2)
+        fixed = self.template[:, :5].long().view(1, g, c, kh * kw, 1, 5)  # type: ignore[index]
+        idx = torch.cat([fixed.expand(b, g, c, kh * kw, s, 5), pts], -1)  # (B, G, C, Q, S, 7)
+        w = weights.unsqueeze(2).expand(b, g, c, kh * kw, s)  # (B, G, C, Q, S)
+        n = g * c * kh * kw * s
+        batch = torch.arange(b, device=x.device).repeat_interleave(n)  # (B*n,)
+        return Connections(idx.reshape(b * n, 7), w.reshape(b * n), batch)
+
+    @torch.no_grad()
+    def pixels_read(self, x: Tensor, *, include_source: bool = True) -> Tensor:
+        """Fraction of the H x W pixel positions read in eval, per instance; shape (B,).
+
+        The glimpses read their distinct rounded means; with ``include_source`` the pixels the
+        source network reads are added: every ``f``-th row and column when it starts with
+        :class:`Subsample` (``f``), else all of them (e.g. average pooling reads everything).
+        """
+        x = self._check(x)
+        pts, _ = self._points(self._means(self.boxes(x)), False)  # (B, G, Q, 1, 2)
+        h, w = self.in_shape[1:]
+        flat = (pts[..., 0] * w + pts[..., 1]).reshape(x.shape[0], -1)  # (B, GQ)
+        seen = torch.zeros(x.shape[0], h, w, dtype=torch.bool, device=x.device)
+        seen.view(x.shape[0], h * w).scatter_(1, flat, True)
+        if include_source:
+            first = self.source[0] if isinstance(self.source, nn.Sequential) else None
+            if isinstance(first, Subsample):
+                seen[:, :: first.factor, :: first.factor] = True
+            else:
+                seen[:] = True
+        return seen.flatten(1).sum(1).to(x.dtype) / (h * w)
+
+    def _check(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"input must have shape (B, *{self.in_shape}), got {tuple(x.shape)}")
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"in_shape={self.in_shape}, size={self.size}, glimpses={self.glimpses}, "
+                f"global_samples={self.global_samples}, local_samples={self.local_samples}, "
+                f"region={self.region}, sigma_scale={self.sigma_scale}, "
+                f"min_sigma={self.min_sigma}")

@@ -1,0 +1,49 @@
+"""Tiny-budget smoke run of the ``glimpse`` experiment (issue 9)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hypersparse.experiments.glimpse import GlimpseConfig, GlimpseHead, box_iou, build
+
+
+@pytest.mark.slow
+def test_smoke_run(tmp_path: Path, mnist_available: bool) -> None:
+    from hypersparse.run import evaluate_run, run_experiment
+
+    out = run_experiment(
+        "glimpse",
+        ["train.max_steps=2", "train.batch_size=8", "canvas=36", "size=8", "downsample=2",
+         "eval_digits=40", "eval_batch=20", "cnn_channels=[8,8]", "head_width=4"],
+        out=tmp_path / "r", progress=False, device="cpu",
+    )
+    for name in ("config.json", "summary.json", "metrics.jsonl", "boxes.png", "glimpses.png",
+                 "checkpoints/glimpse/best.pt", "checkpoints/cnn/best.pt",
+                 "checkpoints/stn/best.pt"):
+        assert (out / name).exists(), name
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("test_error", "val_error", "cnn_test_error", "stn_test_error",
+                "pixels_read_fraction", "params", "seconds_per_epoch"):
+        assert isinstance(s[key], float | int), key
+    assert s["test_images"] == 40 and s["distractors"] == 1
+    # glimpse 8x8 on 36x36 plus an 18x18 subsample: at most (64 + 324) / 1296 of the pixels
+    assert 0 < s["glimpse_pixels_fraction"] <= 64 / 1296 + 1e-6
+    assert s["pixels_read_fraction"] <= (64 + 324) / 1296 + 1e-6
+    again = evaluate_run(out, device="cpu")
+    assert again["test_error"] == s["test_error"]
+
+
+def test_models_and_iou() -> None:
+    cfg = GlimpseConfig(canvas=40, size=8, downsample=2, cnn_channels=(4, 4), head_width=4)
+    x = torch.rand(3, 1, 40, 40)
+    for kind in ("glimpse", "stn", "cnn"):
+        assert build(cfg, kind, torch.device("cpu"))(x).shape == (3, 10)
+    head = GlimpseHead(8, 1, 12, "mlp")
+    assert head(torch.rand(2, 8, 1, 12, 12)).shape == (2, 10)
+    b = torch.tensor([[0.0, 0.0, 27.0, 27.0], [0.0, 0.0, 13.0, 27.0]])
+    t = torch.tensor([[0, 0, 27, 27], [0, 0, 27, 27]])
+    torch.testing.assert_close(box_iou(b, t), torch.tensor([1.0, 0.5]))
