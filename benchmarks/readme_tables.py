@@ -69,9 +69,30 @@ def _kwinners(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                   "vs topk", "vs topk (unsorted)", "ReLU CPU us"], "rows": rows}}
 
 
+def _deep_compression(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = []
+    for v in d["models"].values():
+        m, sd = v["mean"], v["std"]
+        sets = [o for o in v["per_seed"]["0"]["overrides"] if not o.startswith("seed=")]
+        rows.append([" ".join(f"`{o}`" for o in sets), len(v["seeds"]),
+                     f"{100 * m['dense_accuracy']:.2f}%", f"{100 * m['final_accuracy']:.2f}%",
+                     f"{m['error_increase_points']:.2f}", round(m["file_bytes"]),
+                     f"{m['compression_ratio']:.1f}x ± {sd['compression_ratio']:.1f}"])
+    return {"pipeline": {"columns": ["--set", "seeds", "dense test", "final test",
+                                     "error + (points)", "file bytes", "smaller"], "rows": rows}}
+
+
+def _csr(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    rows = [[f"{r['shape'][0]}x{r['shape'][1]}", r["batch"], r["density"],
+             1e6 * r["dense_median_s"], 1e6 * r["csr_int32_median_s"], r["speedup_int32"]]
+            for r in d["rows"]]
+    return {"speed": {"columns": ["W", "batch", "density", "dense us", "CSR us", "CSR speed-up"],
+                      "rows": rows}}
+
+
 # Results files written before the "tables" convention get a renderer here.
 RENDERERS = {"huffman": _huffman, "compress2": _compress2, "hyperlayer": _hyperlayer,
-             "kwinners": _kwinners}
+             "kwinners": _kwinners, "deep_compression": _deep_compression, "csr": _csr}
 
 
 def tables() -> dict[str, str]:
