@@ -26,6 +26,7 @@ from torch import nn
 
 from .config import apply_overrides, config_from_dict, config_to_dict, parse_assignment
 from .io import append_jsonl, atomic_write_bytes, atomic_write_json, load_checkpoint, read_jsonl
+from .train import _barrier
 
 __all__ = [
     "RunContext",
@@ -72,13 +73,6 @@ def _distributed(device: str) -> tuple[int, int, torch.device, bool]:
     if created:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return rank, world, dev, created
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def parse_seeds(text: str) -> list[int]:
