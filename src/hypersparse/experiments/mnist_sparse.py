@@ -514,6 +514,7 @@ class MnistSparseConfig:
     adaptive: bool = False  # also train the adaptive variant (first layer adaptive)
     adaptive_fan_in: int = 16
     adaptive_epochs: int | None = None  # default: train.epochs
+    adaptive_finetune_epochs: int | None = None  # default: finetune_epochs
     augment_shift: int = 2  # random translation of training images by up to this many px
     baselines: bool = True
     cnn_channels: tuple[int, int] = (3, 4)
@@ -657,12 +658,12 @@ class MnistSparse(Experiment):
                 tc = replace(tc, epochs=total_epochs)
             result = train_stage(model, name, tc, anneal=isinstance(model, SparseClassifier))
             seconds = result.train_seconds
-            if isinstance(model, SparseClassifier) and config.finetune_epochs:
+            if isinstance(model, SparseClassifier) and _finetune_epochs(config, name):
                 for layer in model.sparse_layers():
                     if isinstance(layer, _PerUnitContexts):
                         layer.freeze_connectivity()
                 summary[f"{name}_tuples_moved"] = _regrow(model, source, config)
-                ft = replace(config.train, epochs=config.finetune_epochs,
+                ft = replace(config.train, epochs=_finetune_epochs(config, name),
                              lr=config.train.lr * config.finetune_lr)
                 seconds += train_stage(model, f"{name}-finetune", ft).train_seconds
             summary[f"{name}_train_seconds"] = seconds
@@ -696,7 +697,8 @@ class MnistSparse(Experiment):
             importance = train[:, 0].std(0) + 1e-3
             models = self._models(config, ctx, importance, 0.0, 1.0)
             for name, model in models.items():
-                finetuned = isinstance(model, SparseClassifier) and config.finetune_epochs
+                finetuned = isinstance(model, SparseClassifier) and _finetune_epochs(config,
+                                                                                     name)
                 ctx.load_best(model, f"{name}-finetune" if finetuned else name)
         data = {s: digits(config.dataset, s) for s in ("val", "test")}
         acc: dict[str, dict[str, float]] = {}
@@ -767,6 +769,12 @@ class MnistSparse(Experiment):
         fig.suptitle("learned first-layer connectivity (eval weights, strongest units)",
                      fontsize=9)
         ctx.save_figure(fig, "connectivity")
+
+
+def _finetune_epochs(config: MnistSparseConfig, name: str) -> int:
+    if name == "adaptive" and config.adaptive_finetune_epochs is not None:
+        return config.adaptive_finetune_epochs
+    return config.finetune_epochs
 
 
 def _regrow(model: SparseClassifier, source: Any, config: MnistSparseConfig) -> int:
