@@ -140,3 +140,29 @@ def test_weight_gradients_match_dense_reference() -> None:
         torch.nn.functional.cross_entropy(model.head(h), y, reduction="sum").backward()
     for g, w in zip(got, dense):
         torch.testing.assert_close(g, w.grad)
+
+
+def test_smoke_run_regrow(tmp_path: object, mnist_available: bool) -> None:
+    import json
+    from pathlib import Path
+
+    from hypersparse.experiments.mnist_sparse import MnistSparse
+    from hypersparse.run import RunContext, run_experiment
+
+    out = Path(str(tmp_path)) / "r"
+    overrides = ["train.max_steps=3", "train.batch_size=16", "hidden=12,6", "fan_in=8,3",
+                 "finetune_epochs=1", "regrow=gradient", "regrow_batches=2", "baselines=false",
+                 "adaptive=true", "adaptive_fan_in=2", "adaptive_finetune_epochs=0"]
+    run_experiment("mnist-sparse", overrides, out=out, progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    # every tuple of the fine-tuned model reads its own position: non-zeros == tuples
+    assert summary["nonzeros"] == summary["sparse_tuples"] == 12 * 8 + 6 * 3
+    assert summary["sparse_tuples_moved"] >= 0 and "adaptive_test_accuracy" in summary
+    assert (out / "checkpoints" / "adaptive" / "best.pt").exists()
+    assert not (out / "checkpoints" / "adaptive-finetune").exists()
+    from hypersparse.config import apply_overrides
+
+    cfg = apply_overrides(MnistSparseConfig(), [o.split("=", 1) for o in overrides])
+    again = MnistSparse().evaluate(cfg, RunContext(run_dir=out, config=cfg))
+    assert again["nonzeros"] == summary["nonzeros"]
+    assert again["adaptive_test_accuracy"] == summary["adaptive_test_accuracy"]
