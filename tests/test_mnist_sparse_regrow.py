@@ -166,3 +166,9 @@ def test_smoke_run_regrow(tmp_path: object, mnist_available: bool) -> None:
     again = MnistSparse().evaluate(cfg, RunContext(run_dir=out, config=cfg))
     assert again["nonzeros"] == summary["nonzeros"]
     assert again["adaptive_test_accuracy"] == summary["adaptive_test_accuracy"]
+
+
+def test_resolve_collisions_needs_values() -> None:
+    layer = FanInSparseLayer((4, 4), 2, 3, learn_values=False)
+    with pytest.raises(ValueError, match="learn_values"):
+        resolve_collisions(layer)

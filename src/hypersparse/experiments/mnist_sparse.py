@@ -397,6 +397,9 @@ def resolve_collisions(layer: FanInSparseLayer, scores: Tensor | None = None) ->
     """
     if not isinstance(layer, FanInSparseLayer):
         raise TypeError(f"layer must be a FanInSparseLayer, got {type(layer).__name__}")
+    values = layer.values
+    if values is None:
+        raise ValueError("resolve_collisions needs learned values (learn_values=True)")
     m, n, f = math.prod(layer.out_shape), math.prod(layer.in_shape), layer.fan_in
     if scores is not None and tuple(scores.shape) != (m, n):
         raise ValueError(f"scores must have shape (M, N) = ({m}, {n}), got "
@@ -427,8 +430,6 @@ def resolve_collisions(layer: FanInSparseLayer, scores: Tensor | None = None) ->
     rank = (dup.view(m, f).cumsum(1) - 1).reshape(-1)  # (K,)
     move = dup & (rank < free[unit])  # (K,)
     # merge the values of coinciding tuples into the holder (first occurrence)
-    values = layer.values
-    assert values is not None
     uniq, inverse = torch.unique(keys, return_inverse=True)  # (U,), (K,)
     total = values.new_zeros(uniq.shape[0]).index_add(0, inverse[move | first],
                                                       values[move | first])  # (U,)
