@@ -142,7 +142,7 @@ def test_learns_dilation_on_toy_problem() -> None:
 def test_state_dict_round_trip() -> None:
     a = DilatedConv2d(2, 2, 6, 6, 3, dilation=1.7, max_dilation=3.0)
     b = DilatedConv2d(2, 2, 6, 6, 3, dilation=1.0, max_dilation=3.0)
-    assert set(a.state_dict()) == {"dilation", "weight", "conv_bias", "sigma"}
+    assert set(a.state_dict()) == {"dilation", "weight", "conv_bias", "sigma", "sigma_gain"}
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 2, 6, 6)
     torch.testing.assert_close(a.eval()(x), b.eval()(x))
