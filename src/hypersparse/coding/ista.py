@@ -207,8 +207,16 @@ def sparse_encode(
     if not L > 0:
         raise ValueError(f"the dictionary's Lipschitz constant must be > 0, got {L}")
     step, thr = 1.0 / L, alpha / L
+    use_gram = M < 2 * N
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or dictionary.requires_grad or (init is not None and init.requires_grad)
+    )
+    if not needs_grad:
+        return _encode_inplace(x, dictionary, z, step, thr, nonneg=nonneg,
+                               accelerated=accelerated, restart=restart, max_iter=max_iter,
+                               tol=tol, check_every=check_every, use_gram=use_gram)
     DT = dictionary.t()  # (N, M)
-    if M < 2 * N:
+    if use_gram:
         # v = y - step * (y G - x D^T) = y S + c with S = I - step * G: one (B, M)x(M, M) product
         S = torch.eye(M, dtype=x.dtype, device=x.device) - step * (dictionary @ DT)  # (M, M)
         c = step * (x @ DT)  # (B, M)
@@ -254,6 +262,97 @@ def sparse_encode(
         else:
             z = z_new
     return SparseCode(z, k, converged)
+
+
+#: rows per block of the in-place (no-grad) path: its (block, M) work buffers stay in cache
+_BLOCK_ELEMENTS = 1 << 16
+
+
+@torch.no_grad()
+def _encode_inplace(
+    x: Tensor,
+    dictionary: Tensor,
+    z0: Tensor,
+    step: float,
+    thr: float,
+    *,
+    nonneg: bool,
+    accelerated: bool,
+    restart: bool,
+    max_iter: int,
+    tol: float,
+    check_every: int,
+    use_gram: bool,
+) -> SparseCode:
+    """:func:`sparse_encode` without autograd: the same iterations, computed block by block of
+    rows in preallocated buffers (``out=`` matmuls, in-place prox and momentum), so that each
+    iteration's element-wise work stays in cache. Each block stops on its own once all its rows
+    meet ``tol``; ``n_iter`` is the largest count over the blocks."""
+    B, N = x.shape
+    M = dictionary.shape[0]
+    codes = torch.empty(B, M, dtype=x.dtype, device=x.device)
+    block = max(1, min(B, _BLOCK_ELEMENTS // M))
+    DT = dictionary.t()  # (N, M)
+    S = None
+    if use_gram:
+        S = torch.eye(M, dtype=x.dtype, device=x.device) - step * (dictionary @ DT)  # (M, M)
+    tiny = torch.finfo(x.dtype).tiny
+    n_iter, all_converged = 0, True
+    for start in range(0, B, block):
+        xb = x[start:start + block]  # (b, N)
+        b = xb.shape[0]
+        z = z0[start:start + block].clone()  # (b, M)
+        v = torch.empty_like(z)  # the new iterate, then swapped into z
+        y = z.clone() if accelerated else z
+        tmp = torch.empty_like(z)
+        delta = torch.empty_like(z)
+        c = torch.mm(xb, DT).mul_(step) if S is not None else None  # (b, M)
+        r = torch.empty(b, N, dtype=x.dtype, device=x.device) if S is None else None
+        t_rows = x.new_ones(b) if accelerated and restart else None
+        t = 1.0
+        converged = False
+        k = 0
+        while k < max_iter:
+            k += 1
+            if S is not None and c is not None:
+                torch.addmm(c, y, S, out=v)  # y S + c
+            elif r is not None:
+                torch.addmm(xb, y, dictionary, beta=-1, out=r)  # y D - x   (b, N)
+                torch.addmm(y, r, DT, alpha=-step, out=v)  # y - step r D^T   (b, M)
+            if nonneg:
+                v.sub_(thr).clamp_(min=0)
+            else:
+                torch.clamp(v, -thr, thr, out=tmp)
+                v.sub_(tmp)
+            check = tol > 0 and k % check_every == 0
+            if accelerated or check:
+                torch.sub(v, z, out=delta)  # z_new - z
+            if accelerated:
+                if t_rows is not None:
+                    y.sub_(v)  # y - z_new; restart rows where <y - z_new, z_new - z> > 0
+                    bad = torch.linalg.vecdot(y, delta) > 0  # (b,)
+                    t_rows.masked_fill_(bad, 1.0)
+                    t_next = torch.sqrt(t_rows * t_rows * 4.0 + 1.0).add_(1.0).mul_(0.5)
+                    coef = t_rows.sub_(1.0).div_(t_next).unsqueeze(1)  # (b, 1)
+                    torch.addcmul(v, coef, delta, out=y)
+                    t_rows = t_next
+                else:
+                    t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+                    torch.add(v, delta, alpha=(t - 1.0) / t_new, out=y)
+                    t = t_new
+            z, v = v, z
+            if not accelerated:
+                y = z
+            if check:
+                change = torch.linalg.vector_norm(delta, dim=1)
+                scale = torch.linalg.vector_norm(z, dim=1).clamp_min_(tiny).mul_(tol)
+                if bool((change <= scale).all()):
+                    converged = True
+                    break
+        codes[start:start + b] = z
+        n_iter = max(n_iter, k)
+        all_converged = all_converged and converged
+    return SparseCode(codes, n_iter, all_converged)
 
 
 def ista(
