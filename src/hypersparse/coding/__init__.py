@@ -21,7 +21,7 @@ from .ista import (
     soft_threshold,
     sparse_encode,
 )
-from .lista import LISTA, lista_loss
+from .lista import LISTA, fista_momentum, lista_loss
 from .pipeline import SparseCodingLayer, extract_patches, local_max_pool, spatial_pairs
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "sparse_encode",
     "LISTA",
     "lista_loss",
+    "fista_momentum",
     "SparseCodingLayer",
     "extract_patches",
     "local_max_pool",
