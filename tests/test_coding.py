@@ -22,6 +22,7 @@ from hypersparse.coding import (
     fista,
     fista_momentum,
     ista,
+    lasso_duality_gap,
     lasso_objective,
     learn_dictionary,
     lipschitz_constant,
@@ -650,3 +651,58 @@ def test_lista_coupled_momentum_training_beats_fista_same_steps() -> None:
     with torch.no_grad():
         after = float(lista_loss(net(x), x, D, alpha))
     assert after < before
+
+
+# ---------------------------------------------------------------- duality gap / stop="gap"
+
+
+def _naive_gap(x, z, D, alpha, nonneg=False):
+    out = []
+    for row, code in zip(x, z, strict=True):
+        r = row - D.t() @ code
+        c = D @ r
+        worst = float(c.max()) if nonneg else float(c.abs().max())
+        s = min(1.0, alpha / worst) if worst > 0 else 1.0
+        nu = s * r
+        primal = 0.5 * float(r @ r) + alpha * float(code.abs().sum())
+        dual = 0.5 * float(row @ row) - 0.5 * float((row - nu) @ (row - nu))
+        out.append(primal - dual)
+    return torch.tensor(out, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_duality_gap_matches_naive_and_bounds_suboptimality(nonneg: bool) -> None:
+    x, D = _problem(b=8, m=20, n=10, seed=4)
+    alpha = 0.3
+    z_opt = torch.from_numpy(sk_sparse_encode(x.numpy(), D.numpy(), algorithm="lasso_cd",
+                                              alpha=alpha, positive=nonneg, max_iter=10000))
+    f_opt = lasso_objective(x, z_opt, D, alpha)
+    for k in (0, 1, 3, 10):
+        z = fista(x, D, alpha, max_iter=k, tol=0.0, nonneg=nonneg)
+        gap = lasso_duality_gap(x, z, D, alpha, nonneg=nonneg)
+        torch.testing.assert_close(gap, _naive_gap(x, z, D, alpha, nonneg))
+        assert torch.all(gap >= lasso_objective(x, z, D, alpha) - f_opt - 1e-9)
+    assert float(lasso_duality_gap(x, z_opt, D, alpha, nonneg=nonneg).max()) < 1e-6
+    with pytest.raises(ValueError, match="codes"):
+        lasso_duality_gap(x, z_opt[:, :3], D, alpha)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])  # in-place path / autograd path
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_stop_on_duality_gap_certifies_each_row(requires_grad: bool, accelerated: bool) -> None:
+    x, D = _problem(b=30, m=24, n=10, seed=6)
+    alpha = 0.2
+    z_opt = torch.from_numpy(sk_sparse_encode(x.numpy(), D.numpy(), algorithm="lasso_lars",
+                                              alpha=alpha))
+    f_opt = lasso_objective(x, z_opt, D, alpha)
+    tol = 1e-6 if accelerated else 1e-4  # ISTA: ~5,500 iterations for 1e-6 here
+    r = sparse_encode(x.clone().requires_grad_(requires_grad), D, alpha, max_iter=5000,
+                      tol=tol, stop="gap", check_every=2, accelerated=accelerated)
+    assert r.converged and 0 < r.n_iter < 5000
+    f = lasso_objective(x, r.codes.detach(), D, alpha)
+    assert torch.all(f - f_opt <= tol * f + 1e-12)
+    # looser tolerance, fewer iterations
+    assert sparse_encode(x, D, alpha, tol=tol * 100, stop="gap", accelerated=accelerated,
+                         max_iter=5000).n_iter < r.n_iter
+    with pytest.raises(ValueError, match="stop"):
+        sparse_encode(x, D, alpha, stop="never")  # type: ignore[arg-type]
