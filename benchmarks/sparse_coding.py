@@ -37,6 +37,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,7 @@ def main() -> None:
             continue
         k, f, z = need
         per = lasso_objective(X, z.double(), D, alpha)
-        t = timeit(lambda x=x, d=d, k=k: sparse_encode(x, d, alpha, max_iter=k, tol=0.0),
+        t = timeit(partial(sparse_encode, x, d, alpha, max_iter=k, tol=0.0),
                    repeats=args.repeats, warmup=1)
         rows.append({"method": f"FISTA restart, {k} iterations ({name})",
                      "iterations": k, **timing(t),
@@ -269,7 +270,7 @@ def main() -> None:
     for v in variants:
         info, spec = nets[v], LISTA_VARIANTS[v]
         f_l = info["objective"]
-        t_l = timeit(lambda net=info["net"]: net(x32), repeats=args.repeats, warmup=1)
+        t_l = timeit(partial(info["net"], x32), repeats=args.repeats, warmup=1)
         fi = next((k + 1 for k, f in enumerate(fista_obj) if f <= f_l), None)
         init_name = "FISTA-16 (no restart)" if spec["momentum"] else "ISTA-16"
         rows.append({
