@@ -91,10 +91,10 @@ class Identity(Experiment):
     Config = IdentityConfig
     # n >= 64: deterministic annealing of one shared deviation (docs/hyperlayer.md)
     presets = {
-        "n64": {"n": 64, "sigma_schedule": "anneal", "sigma_start": 0.1, "anneal_steps": 3000,
+        "n64": {"n": 64, "sigma_schedule": "anneal", "sigma_start": 0.1, "anneal_steps": 4000,
                 "train.max_steps": 10000, "train.lr": 0.03, "train.schedule": "cosine"},
         "n256": {"n": 256, "sigma_schedule": "anneal", "sigma_start": 0.1,
-                 "anneal_steps": 12000, "train.max_steps": 20000, "train.lr": 0.0075,
+                 "anneal_steps": 24000, "train.max_steps": 32000, "train.lr": 0.0075,
                  "train.schedule": "cosine"},
     }
     presets["full"] = presets["n64"]
