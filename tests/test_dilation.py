@@ -213,10 +213,10 @@ def test_learn_dilation_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert (out / "dilation.png").exists() and (out / "config.json").exists()
 
 
-def test_learn_dilation_mnist_task_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_learn_dilation_unknown_task_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import hypersparse.experiments.learn_dilation  # noqa: F401
     from hypersparse.run import run_experiment
 
-    with pytest.raises(ValueError, match="mnist"):
-        run_experiment("learn-dilation", ["task=mnist", "train.max_steps=1"],
+    with pytest.raises(ValueError, match="task"):
+        run_experiment("learn-dilation", ["task=cifar", "train.max_steps=1"],
                        out=tmp_path / "r", progress=False)
