@@ -3,6 +3,8 @@ the contrastive loss and the patch pipeline."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -18,7 +20,9 @@ from hypersparse.coding import (
     contrastive_loss,
     extract_patches,
     fista,
+    fista_momentum,
     ista,
+    lasso_duality_gap,
     lasso_objective,
     learn_dictionary,
     lipschitz_constant,
@@ -495,3 +499,210 @@ def test_spatial_pairs(labels: bool) -> None:
     with pytest.raises(ValueError):
         spatial_pairs(1, 2, 2, 10)
 
+
+
+# ---------------------------------------------------------------- in-place (no-grad) encoder path
+
+
+def _naive_fista(x, D, alpha, k, *, accelerated=True, restart=True, nonneg=False):
+    """Textbook (F)ISTA, one row at a time (the reference for both encoder paths)."""
+    L = float(torch.linalg.matrix_norm(D, ord=2) ** 2)
+    out = []
+    for row in x:
+        z = torch.zeros(D.shape[0], dtype=x.dtype)
+        y, t = z.clone(), 1.0
+        for _ in range(k):
+            v = y - (y @ D - row) @ D.t() / L
+            z_new = torch.clamp(v - alpha / L, min=0) if nonneg else (
+                torch.sign(v) * torch.clamp(v.abs() - alpha / L, min=0))
+            if accelerated:
+                if restart and float((y - z_new) @ (z_new - z)) > 0:
+                    t = 1.0
+                t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+                y = z_new + (t - 1) / t_next * (z_new - z)
+                t = t_next
+            else:
+                y = z_new
+            z = z_new
+        out.append(z)
+    return torch.stack(out)
+
+
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 9), m=st.integers(1, 24), n=st.integers(1, 8),
+       block=st.sampled_from([1, 7, 64, 1 << 16]), accelerated=st.booleans(),
+       restart=st.booleans(), nonneg=st.booleans())
+def test_inplace_path_matches_naive_and_autograd_path(
+    b: int, m: int, n: int, block: int, accelerated: bool, restart: bool, nonneg: bool
+) -> None:
+    ista_mod = importlib.import_module("hypersparse.coding.ista")  # the package attr is ista()
+
+    x, D = _problem(b=b, m=m, n=n, seed=b * 100 + m)
+    want = _naive_fista(x, D, 0.2, 12, accelerated=accelerated, restart=restart, nonneg=nonneg)
+    old = ista_mod._BLOCK_ELEMENTS
+    ista_mod._BLOCK_ELEMENTS = block  # rows per block = block // m: many blocks, or one
+    try:
+        fast = sparse_encode(x, D, 0.2, max_iter=12, tol=0.0, accelerated=accelerated,
+                             restart=restart, nonneg=nonneg)
+    finally:
+        ista_mod._BLOCK_ELEMENTS = old
+    xg = x.clone().requires_grad_(True)  # requires grad: the autograd path
+    slow = sparse_encode(xg, D, 0.2, max_iter=12, tol=0.0, accelerated=accelerated,
+                         restart=restart, nonneg=nonneg)
+    assert slow.codes.requires_grad and not fast.codes.requires_grad
+    torch.testing.assert_close(fast.codes, want, atol=1e-10, rtol=0)
+    torch.testing.assert_close(slow.codes.detach(), want, atol=1e-10, rtol=0)
+    assert fast.n_iter == 12
+
+
+def test_inplace_path_warm_start_noncontiguous_and_blockwise_stopping() -> None:
+    ista_mod = importlib.import_module("hypersparse.coding.ista")  # the package attr is ista()
+
+    x, D = _problem(b=40, m=30, n=12, seed=3)
+    xt = x.t().contiguous().t()  # non-contiguous view with the same values
+    assert not xt.is_contiguous()
+    init = fista(x, D, 0.2, max_iter=5, tol=0.0)
+    ref = torch.from_numpy(sk_sparse_encode(x.numpy(), D.numpy(), algorithm="lasso_lars",
+                                            alpha=0.2))  # the exact lasso solution
+    old = ista_mod._BLOCK_ELEMENTS
+    ista_mod._BLOCK_ELEMENTS = 30 * 8  # blocks of 8 rows, each stopping on its own
+    try:
+        r = sparse_encode(xt, D, 0.2, max_iter=2000, tol=1e-9, init=init, check_every=3)
+    finally:
+        ista_mod._BLOCK_ELEMENTS = old
+    assert r.converged and r.n_iter < 2000 and r.n_iter % 3 == 0
+    torch.testing.assert_close(r.codes, ref, atol=1e-5, rtol=0)
+    r1 = sparse_encode(x, D, 0.2, max_iter=2000, tol=1e-9, init=init, check_every=3)
+    assert r1.converged and r1.n_iter >= r.n_iter  # one block waits for its slowest row
+    torch.testing.assert_close(r1.codes, ref, atol=1e-5, rtol=0)
+    assert init.equal(fista(x, D, 0.2, max_iter=5, tol=0.0))  # warm start not modified
+    # no_grad on inputs that require grad takes the in-place path too
+    with torch.no_grad():
+        z = fista(x.clone().requires_grad_(True), D, 0.2, max_iter=3, tol=0.0)
+    assert not z.requires_grad
+
+
+# ---------------------------------------------------------------- LISTA variants
+
+
+def test_fista_momentum_schedule() -> None:
+    b = fista_momentum(6, dtype=torch.float64)
+    t, want = 1.0, [0.0]
+    for _ in range(5):
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        want.append((t - 1) / t_next)
+        t = t_next
+    torch.testing.assert_close(b, torch.tensor(want, dtype=torch.float64))
+    assert fista_momentum(0).shape == (0,)
+    with pytest.raises(ValueError, match="n_steps"):
+        fista_momentum(-1)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("coupled", [False, True])
+@pytest.mark.parametrize("momentum", [False, True])
+def test_lista_variants_initialised_equal_ista_or_fista(shared: bool, coupled: bool,
+                                                        momentum: bool) -> None:
+    x, D = _problem(b=7, m=20, n=10)
+    net = LISTA.from_dictionary(D, 0.2, n_steps=9, shared=shared, coupled=coupled,
+                                momentum=momentum)
+    want = _naive_fista(x, D, 0.2, 9, accelerated=momentum, restart=False)
+    torch.testing.assert_close(net(x), want)
+    n_params = sum(p.numel() for p in net.parameters())
+    t = 1 if shared else 9
+    assert n_params == t * (20 * 10 + 20 + (0 if coupled else 400)) + (9 if momentum else 0)
+    assert ("dictionary" in dict(net.named_buffers())) == coupled
+    assert f"coupled={coupled}" in repr(net) and f"momentum={momentum}" in repr(net)
+
+
+@pytest.mark.parametrize("coupled", [False, True])
+def test_lista_momentum_coupled_gradcheck_and_state_dict(coupled: bool) -> None:
+    x, D = _problem(b=3, m=5, n=4)
+    net = LISTA.from_dictionary(D, 0.1, n_steps=3, momentum=True, coupled=coupled)
+    with torch.no_grad():
+        net.momentum.add_(0.3)  # non-zero at every step, so each gradient path is exercised
+    names = [n for n, _ in net.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in net.parameters())
+
+    def f(a, *ps):
+        return torch.func.functional_call(net, dict(zip(names, ps, strict=True)), (a,))
+
+    assert gradcheck(f, (x.clone().requires_grad_(True), *params))
+    other = LISTA(4, 5, 3, momentum=True, coupled=coupled, dtype=torch.float64)
+    other.load_state_dict(net.state_dict())
+    torch.testing.assert_close(other(x), net(x))
+    with pytest.raises(RuntimeError):
+        LISTA(4, 5, 3, dtype=torch.float64).load_state_dict(net.state_dict())
+
+
+def test_lista_coupled_momentum_training_beats_fista_same_steps() -> None:
+    x, D = _sparse_signals(512, 32, 16, 3, seed=5)
+    alpha = 0.1
+    net = LISTA.from_dictionary(D, alpha, n_steps=4, coupled=True, momentum=True)
+    with torch.no_grad():
+        before = float(lista_loss(net(x), x, D, alpha))
+    torch.testing.assert_close(before, float(lasso_objective(
+        x, fista(x, D, alpha, max_iter=4, tol=0.0, restart=False), D, alpha).mean()))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(60):
+        opt.zero_grad()
+        lista_loss(net(x), x, D, alpha).backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(lista_loss(net(x), x, D, alpha))
+    assert after < before
+
+
+# ---------------------------------------------------------------- duality gap / stop="gap"
+
+
+def _naive_gap(x, z, D, alpha, nonneg=False):
+    out = []
+    for row, code in zip(x, z, strict=True):
+        r = row - D.t() @ code
+        c = D @ r
+        worst = float(c.max()) if nonneg else float(c.abs().max())
+        s = min(1.0, alpha / worst) if worst > 0 else 1.0
+        nu = s * r
+        primal = 0.5 * float(r @ r) + alpha * float(code.abs().sum())
+        dual = 0.5 * float(row @ row) - 0.5 * float((row - nu) @ (row - nu))
+        out.append(primal - dual)
+    return torch.tensor(out, dtype=x.dtype)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_duality_gap_matches_naive_and_bounds_suboptimality(nonneg: bool) -> None:
+    x, D = _problem(b=8, m=20, n=10, seed=4)
+    alpha = 0.3
+    z_opt = torch.from_numpy(sk_sparse_encode(x.numpy(), D.numpy(), algorithm="lasso_cd",
+                                              alpha=alpha, positive=nonneg, max_iter=10000))
+    f_opt = lasso_objective(x, z_opt, D, alpha)
+    for k in (0, 1, 3, 10):
+        z = fista(x, D, alpha, max_iter=k, tol=0.0, nonneg=nonneg)
+        gap = lasso_duality_gap(x, z, D, alpha, nonneg=nonneg)
+        torch.testing.assert_close(gap, _naive_gap(x, z, D, alpha, nonneg))
+        assert torch.all(gap >= lasso_objective(x, z, D, alpha) - f_opt - 1e-9)
+    assert float(lasso_duality_gap(x, z_opt, D, alpha, nonneg=nonneg).max()) < 1e-6
+    with pytest.raises(ValueError, match="codes"):
+        lasso_duality_gap(x, z_opt[:, :3], D, alpha)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])  # in-place path / autograd path
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_stop_on_duality_gap_certifies_each_row(requires_grad: bool, accelerated: bool) -> None:
+    x, D = _problem(b=30, m=24, n=10, seed=6)
+    alpha = 0.2
+    z_opt = torch.from_numpy(sk_sparse_encode(x.numpy(), D.numpy(), algorithm="lasso_lars",
+                                              alpha=alpha))
+    f_opt = lasso_objective(x, z_opt, D, alpha)
+    tol = 1e-6 if accelerated else 1e-4  # ISTA: ~5,500 iterations for 1e-6 here
+    r = sparse_encode(x.clone().requires_grad_(requires_grad), D, alpha, max_iter=5000,
+                      tol=tol, stop="gap", check_every=2, accelerated=accelerated)
+    assert r.converged and 0 < r.n_iter < 5000
+    f = lasso_objective(x, r.codes.detach(), D, alpha)
+    assert torch.all(f - f_opt <= tol * f + 1e-12)
+    # looser tolerance, fewer iterations
+    assert sparse_encode(x, D, alpha, tol=tol * 100, stop="gap", accelerated=accelerated,
+                         max_iter=5000).n_iter < r.n_iter
+    with pytest.raises(ValueError, match="stop"):
+        sparse_encode(x, D, alpha, stop="never")  # type: ignore[arg-type]

@@ -142,7 +142,7 @@ def test_learns_dilation_on_toy_problem() -> None:
 def test_state_dict_round_trip() -> None:
     a = DilatedConv2d(2, 2, 6, 6, 3, dilation=1.7, max_dilation=3.0)
     b = DilatedConv2d(2, 2, 6, 6, 3, dilation=1.0, max_dilation=3.0)
-    assert set(a.state_dict()) == {"dilation", "weight", "conv_bias", "sigma"}
+    assert set(a.state_dict()) == {"dilation", "weight", "conv_bias", "sigma", "sigma_gain"}
     b.load_state_dict(a.state_dict())
     x = torch.randn(3, 2, 6, 6)
     torch.testing.assert_close(a.eval()(x), b.eval()(x))
@@ -213,10 +213,10 @@ def test_learn_dilation_smoke(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert (out / "dilation.png").exists() and (out / "config.json").exists()
 
 
-def test_learn_dilation_mnist_task_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_learn_dilation_unknown_task_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import hypersparse.experiments.learn_dilation  # noqa: F401
     from hypersparse.run import run_experiment
 
-    with pytest.raises(ValueError, match="mnist"):
-        run_experiment("learn-dilation", ["task=mnist", "train.max_steps=1"],
+    with pytest.raises(ValueError, match="task"):
+        run_experiment("learn-dilation", ["task=cifar", "train.max_steps=1"],
                        out=tmp_path / "r", progress=False)

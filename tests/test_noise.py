@@ -16,7 +16,12 @@ from hypersparse.experiments.noise import (
     forum_noise,
     pixel_noise,
 )
-from hypersparse.experiments.numenta_nets import FORUM_NETWORKS, NETWORKS, build_network
+from hypersparse.experiments.numenta_nets import (
+    FORUM_NETWORKS,
+    NETWORKS,
+    BoostConfig,
+    build_network,
+)
 from hypersparse.nn import KWinners, KWinners2d, SparseWeights
 
 
@@ -79,7 +84,10 @@ def test_sparse_cnn2_matches_the_paper():
     net = build_network("sparse_cnn2")
     kws = [m for m in net.modules() if isinstance(m, KWinners | KWinners2d)]
     assert [(m.k, m.pool) for m in kws] == [(400, 4608), (300, 1024), (100, 700)]
-    assert [m.k_inference for m in kws] == [600, 450, 150]
+    assert [m.k_inference for m in kws] == [400, 300, 100]  # k_inference_factor 1.0 (val)
+    paper = build_network("sparse_cnn2", BoostConfig(k_inference_factor=1.5))
+    kws15 = [m for m in paper.modules() if isinstance(m, KWinners | KWinners2d)]
+    assert [m.k_inference for m in kws15] == [600, 450, 150]
     sw = [m for m in net.modules() if isinstance(m, SparseWeights)]
     assert len(sw) == 1 and sw[0].nonzeros == round(0.3 * 1024)
     assert all(m.boost_strength == 1.5 and m.boost_strength_factor == 0.85 for m in kws)

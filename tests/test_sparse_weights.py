@@ -130,3 +130,74 @@ def test_wrong_module_type():
 def test_repr():
     assert "sparsity=0.7" in repr(SparseWeights(nn.Linear(10, 2), 0.7))
     assert "nonzeros_per_unit=3" in repr(SparseWeights(nn.Linear(10, 2), 0.7))
+
+
+@pytest.mark.parametrize("make, fan_in", [
+    (lambda: nn.Linear(1024, 700), 1024),
+    (lambda: nn.Conv2d(32, 64, 5), 32 * 25),
+])
+def test_init_matches_dense_layer_of_kept_fan_in(make, fan_in):
+    torch.manual_seed(0)
+    sparse = SparseWeights(make(), 0.7) if fan_in == 1024 else SparseWeights2d(make(), 0.7)
+    n = sparse.nonzeros
+    assert n == round(0.3 * fan_in)
+    kept = sparse.module.weight.detach()[sparse.mask]
+    bound = 1 / n**0.5  # PyTorch's default init of a dense layer with n inputs
+    assert kept.abs().max() <= bound * (1 + 1e-6)
+    assert kept.abs().max() > 0.99 * bound  # fills the range (>= 200k draws)
+    # uniform(-b, b) has std b / sqrt(3); the unscaled default would be 0.55x this
+    assert abs(float(kept.std()) / (bound / 3**0.5) - 1) < 0.02
+    assert sparse.module.bias.abs().max() <= bound * (1 + 1e-6)
+    assert sparse.module.bias.abs().max() > 0.8 * bound
+    torch.manual_seed(0)
+    plain = SparseWeights(make(), 0.7, rescale_init=False) if fan_in == 1024 else (
+        SparseWeights2d(make(), 0.7, rescale_init=False))
+    assert plain.module.weight[plain.mask].abs().max() <= 1 / fan_in**0.5 * (1 + 1e-6)
+
+
+def test_init_preserves_pre_activation_variance():
+    # per unit: Var(w . x) = n Var(w) for x ~ N(0, 1); the dense reference has fan_in Var(w_dense)
+    torch.manual_seed(1)
+    dense = nn.Linear(2000, 400)
+    sparse = SparseWeights(nn.Linear(2000, 400), 0.9)
+    x = torch.randn(4000, 2000)
+    with torch.no_grad():
+        v_dense = (x @ dense.weight.t()).var()
+        v_sparse = (x @ sparse.masked_weight().t()).var()
+        v_plain = (x @ SparseWeights(nn.Linear(2000, 400), 0.9, rescale_init=False)
+                   .masked_weight().t()).var()
+    assert abs(float(v_sparse / v_dense) - 1) < 0.05
+    assert abs(float(v_plain / v_dense) - 0.1) < 0.01  # what the rescale corrects
+
+
+def test_rescale_is_exact_and_off_keeps_weights():
+    torch.manual_seed(2)
+    lin = nn.Linear(50, 8)
+    w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
+    g = torch.Generator().manual_seed(3)
+    layer = SparseWeights(lin, 0.6, generator=g)  # 20 of 50 kept
+    scale = (50 / 20) ** 0.5
+    torch.testing.assert_close(layer.module.weight, w0 * layer.mask * scale)
+    torch.testing.assert_close(layer.module.bias, b0 * scale)
+    lin2 = nn.Linear(50, 8)
+    with torch.no_grad():
+        lin2.weight.copy_(w0)
+        lin2.bias.copy_(b0)
+    off = SparseWeights(lin2, 0.6, rescale_init=False, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(off.module.weight, w0 * off.mask)
+    torch.testing.assert_close(off.module.bias, b0)
+    # sparsity 0 keeps everything and scales by 1
+    full = SparseWeights(nn.Linear(5, 3), 0.0)
+    assert full.mask.all()
+    no_bias = SparseWeights2d(nn.Conv2d(2, 3, 3, bias=False), 0.5)  # no bias is fine
+    assert no_bias.module.bias is None
+    # loading a state_dict is not rescaled again
+    clone = SparseWeights(nn.Linear(50, 8), 0.6, generator=torch.Generator().manual_seed(3))
+    clone.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(clone.module.weight, layer.module.weight)
+    assert "rescale_init=True" in repr(layer)
+
+
+def test_rescale_init_must_be_bool():
+    with pytest.raises(TypeError, match="rescale_init"):
+        SparseWeights(nn.Linear(4, 2), 0.5, rescale_init=1)  # type: ignore[arg-type]

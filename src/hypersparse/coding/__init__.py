@@ -16,12 +16,13 @@ from .ista import (
     SparseCode,
     fista,
     ista,
+    lasso_duality_gap,
     lasso_objective,
     lipschitz_constant,
     soft_threshold,
     sparse_encode,
 )
-from .lista import LISTA, lista_loss
+from .lista import LISTA, fista_momentum, lista_loss
 from .pipeline import SparseCodingLayer, extract_patches, local_max_pool, spatial_pairs
 
 __all__ = [
@@ -38,12 +39,14 @@ __all__ = [
     "SparseCode",
     "fista",
     "ista",
+    "lasso_duality_gap",
     "lasso_objective",
     "lipschitz_constant",
     "soft_threshold",
     "sparse_encode",
     "LISTA",
     "lista_loss",
+    "fista_momentum",
     "SparseCodingLayer",
     "extract_patches",
     "local_max_pool",

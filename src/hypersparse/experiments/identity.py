@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.hyper import SparseLayer
+from ..nn.hyper import SigmaAnnealing, SparseLayer
 from ..run import RunContext
 from ..train import SyntheticBatches, TrainConfig
 from .base import Experiment, register_experiment
@@ -27,18 +28,46 @@ class IdentityConfig:
     local_samples: int = 4
     region: int = 4
     normalisation: str = "auto"
+    # "learned": every tuple learns its deviation (sigma_scale sets the start);
+    # "anneal": one shared deviation, annealed geometrically from sigma_start * n to sigma_end
+    # (index units) over anneal_steps batches (deterministic annealing; the presets for n >= 64)
+    sigma_schedule: str = "learned"
+    sigma_start: float = 0.1
+    sigma_end: float = 0.3
+    anneal_steps: int = 3000
     check_every: int = 10  # batches between exact-identity checks
     eval_batch: int = 256
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         max_steps=5000, batch_size=64, lr=0.03, log_every=25))
 
 
+_SOFTPLUS_2 = math.log1p(math.exp(2.0))  # a deviation of softplus(raw + 2) at raw = 0
+
+
 def make_layer(config: IdentityConfig, device: torch.device | str = "cpu") -> SparseLayer:
     n = config.n
-    return SparseLayer(n, n, config.k or n, learn_values=False, sigma_scale=config.sigma_scale,
-                       min_sigma=config.min_sigma, global_samples=config.global_samples,
+    if config.sigma_schedule not in ("learned", "anneal"):
+        raise ValueError(f"sigma_schedule must be 'learned' or 'anneal', "
+                         f"got {config.sigma_schedule!r}")
+    anneal = config.sigma_schedule == "anneal"
+    if anneal and not (config.sigma_start > 0 and config.sigma_end > 0 and config.anneal_steps > 0):
+        raise ValueError("annealing needs sigma_start > 0, sigma_end > 0 and anneal_steps > 0, "
+                         f"got {config.sigma_start}, {config.sigma_end}, {config.anneal_steps}")
+    # annealed: raw sigmas fixed at 0, so sigma_scale * softplus(2) * n = sigma_start * n
+    scale = config.sigma_start / _SOFTPLUS_2 if anneal else config.sigma_scale
+    return SparseLayer(n, n, config.k or n, learn_values=False, sigma_scale=scale,
+                       min_sigma=0.0 if anneal else config.min_sigma, learn_sigmas=not anneal,
+                       global_samples=config.global_samples,
                        local_samples=config.local_samples, region=min(config.region, n),
                        normalisation=config.normalisation, device=device)
+
+
+def annealing(config: IdentityConfig) -> SigmaAnnealing | None:
+    """The sigma schedule of ``sigma_schedule="anneal"`` (None for learned deviations)."""
+    if config.sigma_schedule != "anneal":
+        return None
+    return SigmaAnnealing(config.anneal_steps, end=config.sigma_end / (config.sigma_start
+                                                                        * config.n))
 
 
 @torch.no_grad()
@@ -60,8 +89,15 @@ def identity_report(layer: SparseLayer, x: Tensor) -> dict[str, Any]:
 @register_experiment("identity", help="learn the n x n identity with K=n sparse tuples (seed 001)")
 class Identity(Experiment):
     Config = IdentityConfig
-    # n = 64 is the largest size measured here; see docs/hyperlayer.md for n >= 256
-    presets = {"full": {"n": 64, "train.max_steps": 10000}}
+    # n >= 64: deterministic annealing of one shared deviation (docs/hyperlayer.md)
+    presets = {
+        "n64": {"n": 64, "sigma_schedule": "anneal", "sigma_start": 0.1, "anneal_steps": 4000,
+                "train.max_steps": 10000, "train.lr": 0.03, "train.schedule": "cosine"},
+        "n256": {"n": 256, "sigma_schedule": "anneal", "sigma_start": 0.1,
+                 "anneal_steps": 24000, "train.max_steps": 32000, "train.lr": 0.0075,
+                 "train.schedule": "cosine"},
+    }
+    presets["full"] = presets["n64"]
 
     def run(self, config: IdentityConfig, ctx: RunContext) -> dict[str, Any]:
         n = config.n
@@ -101,7 +137,9 @@ class Identity(Experiment):
             return stop
 
         snapshot(0, layer)
-        result = ctx.fit(layer, loss_fn, source, config=tc, callbacks=[callback])
+        anneal = annealing(config)
+        callbacks = [callback] if anneal is None else [anneal, callback]
+        result = ctx.fit(layer, loss_fn, source, config=tc, callbacks=callbacks)
         if not snaps or snaps[-1][0] != result.steps:
             snapshot(result.steps, layer)
         rep = identity_report(layer, x_eval)
@@ -123,6 +161,7 @@ class Identity(Experiment):
             "on_diagonal": rep["on_diagonal"],
             "rows_covered": rep["rows_covered"],
             "normalisation": config.normalisation,
+            "sigma_schedule": config.sigma_schedule,
         }
 
     def evaluate(self, config: IdentityConfig, ctx: RunContext) -> dict[str, Any]:

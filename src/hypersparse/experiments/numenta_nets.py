@@ -40,11 +40,17 @@ class Normalize(nn.Module):
 
 @dataclass
 class BoostConfig:
-    """k-winners settings shared by every sparse network (the paper's values)."""
+    """k-winners settings shared by every sparse network.
+
+    The paper's values, except ``k_inference_factor``: the paper uses 1.5 (1.5x more winners in
+    eval); 1.0 was selected on validation here (docs/kwinners.md: on the 9k-digit split the
+    extra eval winners are mostly units that rarely won in training, whose weights are barely
+    trained, and cost about a point of clean accuracy and ~3% of the validation noise score).
+    """
 
     boost_strength: float = 1.5
     boost_strength_factor: float = 0.85
-    k_inference_factor: float = 1.5
+    k_inference_factor: float = 1.0  # paper: 1.5; selected on validation (see docstring)
     duty_cycle_period: int = 1000
     weight_sparsity: float = 0.7  # fraction of zeros in the hidden linear layer (density 0.3)
     forum_hidden: int = 500

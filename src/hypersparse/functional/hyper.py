@@ -326,9 +326,13 @@ def _exp_flush(x: Tensor) -> Tensor:
     return x.clamp_(min=LOG_FLUSH).exp_().masked_fill_(small, 0.0)
 
 
-def _scaled_column(pts: Tensor, mu: Tensor, inv: Tensor, i: int) -> Tensor:
-    """``(p_i - mu_ki) / sigma_ki`` for one learned column: (..., K, P), contiguous."""
-    return (pts[..., i].unsqueeze(-2) - mu[..., i].unsqueeze(-1)).mul_(inv[..., i].unsqueeze(-1))
+def _scaled_column(pts_t: Tensor, mu_t: Tensor, inv_t: Tensor, i: int) -> Tensor:
+    """``(p_i - mu_ki) / sigma_ki`` for one learned column: (..., K, P), contiguous.
+
+    Takes column-major copies (``pts_t`` (..., L, P), ``mu_t`` and ``inv_t`` (..., L, K)): a
+    broadcast over a strided column view is ~3x slower than over a contiguous row."""
+    return (pts_t[..., i, :].unsqueeze(-2) - mu_t[..., i, :].unsqueeze(-1)).mul_(
+        inv_t[..., i, :].unsqueeze(-1))
 
 
 class _ExactWeights(torch.autograd.Function):
@@ -345,10 +349,12 @@ class _ExactWeights(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, pts: Tensor, mu: Tensor, sigmas: Tensor, values: Tensor,
                 mask: Tensor | None) -> Tensor:
-        inv = sigmas.reciprocal()  # (..., K, L)
+        inv_t = sigmas.reciprocal().transpose(-1, -2).contiguous()  # (..., L, K)
+        pts_t = pts.transpose(-1, -2).contiguous()  # (..., L, P)
+        mu_t = mu.transpose(-1, -2).contiguous()  # (..., L, K)
         sq: Tensor | None = None
         for i in range(mu.shape[-1]):
-            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+            t = _scaled_column(pts_t, mu_t, inv_t, i)  # (..., K, P)
             sq = t.mul_(t) if sq is None else sq.addcmul_(t, t)
         assert sq is not None
         if mask is not None:
@@ -358,20 +364,21 @@ class _ExactWeights(torch.autograd.Function):
         x = sq.sub_(near).mul_(-0.5)
         a = torch.threshold_(x, LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
         a.div_(a.sum(-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny))
-        ctx.save_for_backward(pts, mu, inv, values, a)
+        ctx.save_for_backward(pts_t, mu_t, inv_t, values, a)
         return (values.unsqueeze(-2) @ a).squeeze(-2)  # (..., P)
 
     @staticmethod
     def backward(ctx: Any, gw: Tensor) -> Any:
-        pts, mu, inv, values, a = ctx.saved_tensors
+        pts_t, mu_t, inv_t, values, a = ctx.saved_tensors
         gv = (a @ gw.unsqueeze(-1)).squeeze(-1)  # (..., K)
         g = (gw.unsqueeze(-2) - gv.unsqueeze(-1)).mul_(a).mul_(values.unsqueeze(-1))  # (..., K, P)
         gmu, gsig = [], []
-        for i in range(mu.shape[-1]):
-            t = _scaled_column(pts, mu, inv, i)  # (..., K, P)
+        for i in range(mu_t.shape[-2]):
+            t = _scaled_column(pts_t, mu_t, inv_t, i)  # (..., K, P)
             gt = t.mul_(g)  # g * d
             gmu.append(gt.sum(-1))
-            gsig.append((gt.mul_(_scaled_column(pts, mu, inv, i))).sum(-1))
+            gsig.append((gt.mul_(_scaled_column(pts_t, mu_t, inv_t, i))).sum(-1))
+        inv = inv_t.transpose(-1, -2)  # (..., K, L)
         gm = torch.stack(gmu, -1).mul_(inv)  # (..., K, L)
         gs = torch.stack(gsig, -1).mul_(inv)
         return None, gm, gs, gv, None

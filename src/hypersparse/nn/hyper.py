@@ -31,7 +31,7 @@ from ..functional.hyper import (
     sample_points,
 )
 
-__all__ = ["Connections", "HyperLayer", "SparseLayer"]
+__all__ = ["Connections", "HyperLayer", "SigmaAnnealing", "SparseLayer", "set_sigma_gain"]
 
 _METHODS = ("auto", "exact", "neighbours")
 #: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
@@ -95,10 +95,14 @@ class HyperLayer(nn.Module):
     Shape:
         input: (B, *in_shape) for adaptive layers, (*, *in_shape) for shared ones;
         output: the same leading dimensions followed by ``out_shape``.
+
+    Every deviation is multiplied by the scalar buffer ``sigma_gain`` (1 at construction), which
+    :class:`SigmaAnnealing` or :func:`set_sigma_gain` change during training.
     """
 
     template: Tensor | None
     fixed_values: Tensor
+    sigma_gain: Tensor
 
     def __init__(
         self,
@@ -187,6 +191,8 @@ class HyperLayer(nn.Module):
         if not learn_values:
             self.register_buffer("fixed_values", torch.ones(k, **factory))
         self.bias = nn.Parameter(torch.zeros(self.out_shape, **factory)) if bias else None
+        # multiplies every deviation; annealing schedules set it (a buffer: resumes exactly)
+        self.register_buffer("sigma_gain", torch.ones((), **factory))
         self.generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ extension points
@@ -227,7 +233,7 @@ class HyperLayer(nn.Module):
             values = self.fixed_values.expand(lead + (self.k,))
         learned = bound_means(raw_means, self.learned_sizes)  # (.., K, R')
         sigmas = bound_sigmas(raw_sigmas, self.learned_sizes, sigma_scale=self.sigma_scale,
-                              min_sigma=self.min_sigma)  # (.., K, R')
+                              min_sigma=self.min_sigma) * self.sigma_gain  # (.., K, R')
         if self.template is None:
             means = learned
         else:
@@ -344,6 +350,8 @@ class HyperLayer(nn.Module):
             s += ", learn_values=False"
         if self.bias is not None:
             s += ", bias=True"
+        if getattr(self, "learn_sigmas", True) is False:
+            s += ", learn_sigmas=False"
         return s
 
 
@@ -359,7 +367,9 @@ class SparseLayer(HyperLayer):
     One sample set per forward serves every instance (the prototype learned as well per batch as
     with per-instance samples, at 20x less time). Parameters: ``raw_means`` (K, R'),
     ``raw_sigmas`` (K,), ``values`` (K,) (a buffer of ones when ``learn_values=False``).
-    Arguments as for :class:`HyperLayer`.
+    With ``learn_sigmas=False`` ``raw_sigmas`` is a buffer of zeros: every deviation is
+    ``softplus(2) * sigma_scale * size * sigma_gain``, the same for all tuples, and only a
+    schedule (:class:`SigmaAnnealing`) changes it. Other arguments as for :class:`HyperLayer`.
 
     Example:
         >>> layer = SparseLayer(32, 32, k=32, learn_values=False)
@@ -369,12 +379,16 @@ class SparseLayer(HyperLayer):
         torch.Size([32, 32])
     """
 
-    def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], k: int,
-                 **kwargs: Any) -> None:
+    def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], k: int, *,
+                 learn_sigmas: bool = True, **kwargs: Any) -> None:
         super().__init__(in_shape, out_shape, k, **kwargs)
         factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.raw_means = nn.Parameter(torch.empty(k, len(self.learn), **factory))
-        self.raw_sigmas = nn.Parameter(torch.empty(k, **factory))
+        self.learn_sigmas = bool(learn_sigmas)
+        if self.learn_sigmas:
+            self.raw_sigmas = nn.Parameter(torch.empty(k, **factory))
+        else:
+            self.register_buffer("raw_sigmas", torch.empty(k, **factory))
         self.values = nn.Parameter(torch.empty(k, **factory)) if self.learn_values else None
         self.reset_parameters()
 
@@ -392,3 +406,56 @@ class SparseLayer(HyperLayer):
 
     def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.raw_means, self.raw_sigmas, self.values
+
+
+def set_sigma_gain(module: nn.Module, gain: float) -> None:
+    """Set ``sigma_gain`` of every :class:`HyperLayer` in ``module`` (itself included)."""
+    if not math.isfinite(gain) or gain <= 0:
+        raise ValueError(f"gain must be a finite float > 0, got {gain}")
+    for m in module.modules():
+        if isinstance(m, HyperLayer):
+            m.sigma_gain.fill_(gain)
+
+
+class SigmaAnnealing:
+    """Training callback: anneal every hyperlayer's deviations geometrically.
+
+    ``sigma_gain`` goes from ``start`` to ``end`` over ``steps`` steps (``start * (end /
+    start) ** (t / steps)``) and is then held at ``end``. With all deviations equal (e.g.
+    :class:`SparseLayer` with ``learn_sigmas=False``) this is deterministic annealing: the
+    tuples settle jointly while the Gaussians are wide and commit to single indices as they
+    shrink, instead of a few tuples hedging with wide deviations over several targets (see
+    docs/hyperlayer.md). The gain is a buffer, so a resumed run continues the schedule exactly.
+
+    Args:
+        steps: length of the annealing (> 0).
+        end: the final gain (> 0).
+        start: the initial gain (> 0).
+
+    Example:
+        >>> layer = SparseLayer(8, 8, k=8, learn_sigmas=False)
+        >>> anneal = SigmaAnnealing(steps=100, end=0.1)
+        >>> _ = anneal(50, layer, {})          # as called by hypersparse.train.fit after step 50
+        >>> round(float(layer.sigma_gain), 4)
+        0.3162
+    """
+
+    def __init__(self, steps: int, end: float, start: float = 1.0) -> None:
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+        for name, v in (("end", end), ("start", start)):
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"{name} must be a finite float > 0, got {v}")
+        self.steps, self.end, self.start = steps, float(end), float(start)
+
+    def gain(self, step: int) -> float:
+        """The gain used after ``step`` completed steps."""
+        return self.start * (self.end / self.start) ** min(max(step, 0) / self.steps, 1.0)
+
+    def __call__(self, step: int, model: nn.Module, metrics: dict[str, float] | None = None
+                 ) -> bool:
+        set_sigma_gain(model, self.gain(step))
+        return False
+
+    def __repr__(self) -> str:
+        return f"SigmaAnnealing(steps={self.steps}, end={self.end}, start={self.start})"

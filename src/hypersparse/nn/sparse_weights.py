@@ -6,6 +6,16 @@ at construction and every forward multiplies the mask in, so their gradient is e
 plain SGD, SGD with momentum (the momentum buffer stays zero) and Adam/AdamW with weight decay
 (the decay of a zero weight is zero) all leave them at zero, with no call after the step. A
 ``load_state_dict`` with non-zero masked weights is re-zeroed by a post-load hook.
+
+Initialisation for the kept fan-in. PyTorch initialises ``nn.Linear``/``nn.Conv2d`` weights and
+biases uniform in ``+-1/sqrt(fan_in)`` (``kaiming_uniform_(a=sqrt(5))``), i.e. weight variance
+``1 / (3 fan_in)``. A unit that keeps only ``n = nonzeros`` of its ``fan_in`` inputs then has a
+pre-activation variance ``n / (3 fan_in) * E[x^2]``: a factor ``n / fan_in`` (0.3 at density 0.3)
+below the dense layer's ``E[x^2] / 3``. With ``rescale_init=True`` (the default) the kept weights
+and the bias are multiplied once by ``sqrt(fan_in / n)``; a uniform ``+-1/sqrt(fan_in)`` scaled
+by that is exactly uniform ``+-1/sqrt(n)``, the default init of a dense layer with ``n`` inputs,
+so the variance no longer depends on the sparsity. (Any init whose scale is proportional to
+``1/sqrt(fan_in)`` is corrected the same way.)
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ class _SparseWeightsBase(nn.Module):
     kinds: tuple[type[nn.Module], ...] = ()
 
     def __init__(
-        self, module: nn.Module, sparsity: float, *, generator: torch.Generator | None = None
+        self, module: nn.Module, sparsity: float, *, rescale_init: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(module, self.kinds) or not isinstance(module, nn.Linear | nn.Conv2d):
@@ -54,6 +65,8 @@ class _SparseWeightsBase(nn.Module):
             0.0 <= sparsity < 1.0
         ):
             raise ValueError(f"sparsity (fraction of zeros) must be in [0, 1), got {sparsity!r}")
+        if not isinstance(rescale_init, bool):
+            raise TypeError(f"rescale_init must be a bool, got {rescale_init!r}")
         weight = module.weight
         out_units = weight.shape[0]
         fan_in = weight[0].numel()
@@ -65,9 +78,12 @@ class _SparseWeightsBase(nn.Module):
         self.module = module
         self.sparsity = float(sparsity)
         self.nonzeros = nonzeros
+        self.rescale_init = rescale_init
         mask = random_fan_in_mask(out_units, fan_in, nonzeros, generator=generator)
         self.register_buffer("mask", mask.view(weight.shape).to(weight.device))  # weight's shape
         self.rezero_weights()
+        if rescale_init:
+            self._rescale_for_fan_in(fan_in)
         self.register_load_state_dict_post_hook(_rezero_after_load)
 
     @torch.no_grad()
@@ -75,12 +91,21 @@ class _SparseWeightsBase(nn.Module):
         """Zero the masked weights in place (done at construction and after loading)."""
         self.module.weight.mul_(self.mask)
 
+    @torch.no_grad()
+    def _rescale_for_fan_in(self, fan_in: int) -> None:
+        # uniform +-1/sqrt(fan_in) times sqrt(fan_in / n) is uniform +-1/sqrt(n)
+        scale = (fan_in / self.nonzeros) ** 0.5
+        self.module.weight.mul_(scale)
+        if self.module.bias is not None:
+            self.module.bias.mul_(scale)
+
     def masked_weight(self) -> Tensor:
         """The weight the forward uses: ``module.weight * mask``."""
         return self.module.weight * self.mask
 
     def extra_repr(self) -> str:
-        return f"sparsity={self.sparsity}, nonzeros_per_unit={self.nonzeros}"
+        return (f"sparsity={self.sparsity}, nonzeros_per_unit={self.nonzeros}, "
+                f"rescale_init={self.rescale_init}")
 
 
 def _rezero_after_load(module: nn.Module, incompatible_keys: Any) -> None:
@@ -95,6 +120,10 @@ class SparseWeights(_SparseWeightsBase):
     Args:
         module: the ``nn.Linear`` to sparsify (its masked weights are zeroed in place).
         sparsity: fraction of zero weights per output unit, in [0, 1).
+        rescale_init: multiply the kept weights and the bias by ``sqrt(in_features / nonzeros)``
+            once, so a default-initialised layer starts with the init of a dense layer of the
+            kept fan-in (see the module docstring); False keeps the wrapped values (e.g. a
+            trained layer).
         generator: RNG for the mask.
 
     Shape:
@@ -119,6 +148,8 @@ class SparseWeights2d(_SparseWeightsBase):
     Args:
         module: the ``nn.Conv2d`` to sparsify (its masked weights are zeroed in place).
         sparsity: fraction of zero weights per output channel, in [0, 1).
+        rescale_init: multiply the kept weights and the bias by ``sqrt(fan_in / nonzeros)``
+            once (``fan_in = in_channels * kh * kw``), as in :class:`SparseWeights`.
         generator: RNG for the mask.
 
     Shape:
