@@ -117,6 +117,8 @@ def test_resolve_collisions_bad_input() -> None:
     layer = FanInSparseLayer((4, 4), 2, 3)
     with pytest.raises(ValueError, match="scores"):
         resolve_collisions(layer, torch.zeros(2, 15))
+    with pytest.raises(ValueError, match="finite"):
+        resolve_collisions(layer, torch.full((2, 16), float("-inf")))
     with pytest.raises(TypeError, match="FanInSparseLayer"):
         resolve_collisions(SparseLayer(4, 4, 3), None)  # type: ignore[arg-type]
 

@@ -90,3 +90,28 @@ def test_identity_rejects_unknown_schedule(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="sigma_schedule"):
         run_experiment("identity", ["n=8", "sigma_schedule=cosine", "train.max_steps=2"],
                        out=tmp_path / "r", progress=False)
+
+
+def test_checkpoint_without_sigma_gain_loads_with_gain_one() -> None:
+    layer = SparseLayer(6, 6, k=3)
+    old = {k: v for k, v in layer.state_dict().items() if k != "sigma_gain"}
+    other = SparseLayer(6, 6, k=3)
+    set_sigma_gain(other, 0.2)
+    other.load_state_dict(old)  # strict: a pre-sigma_gain checkpoint
+    assert float(other.sigma_gain) == 1.0
+    torch.testing.assert_close(other.raw_means, layer.raw_means)
+
+
+def test_annealing_start_applied_by_calling_at_step_zero() -> None:
+    layer = SparseLayer(4, 4, k=2)
+    sched = SigmaAnnealing(steps=10, end=1.0, start=4.0)
+    sched(0, layer)
+    assert float(layer.sigma_gain) == pytest.approx(4.0)
+
+
+def test_identity_anneal_rejects_min_sigma(tmp_path: Path) -> None:
+    from hypersparse.run import run_experiment
+
+    with pytest.raises(ValueError, match="min_sigma"):
+        run_experiment("identity", ["n=8", "sigma_schedule=anneal", "min_sigma=0.1",
+                                    "train.max_steps=2"], out=tmp_path / "r", progress=False)

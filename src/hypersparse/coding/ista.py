@@ -358,7 +358,8 @@ def _encode_inplace(
     B, N = x.shape
     M = dictionary.shape[0]
     codes = torch.empty(B, M, dtype=x.dtype, device=x.device)
-    block = max(1, min(B, _BLOCK_ELEMENTS // M))
+    # cache-sized blocks pay off on CPUs; elsewhere one block avoids serial small launches
+    block = max(1, min(B, _BLOCK_ELEMENTS // M)) if x.device.type == "cpu" else max(B, 1)
     DT = dictionary.t()  # (N, M)
     S = None
     if use_gram:

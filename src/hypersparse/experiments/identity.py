@@ -50,13 +50,16 @@ def make_layer(config: IdentityConfig, device: torch.device | str = "cpu") -> Sp
         raise ValueError(f"sigma_schedule must be 'learned' or 'anneal', "
                          f"got {config.sigma_schedule!r}")
     anneal = config.sigma_schedule == "anneal"
+    if anneal and config.min_sigma:
+        raise ValueError(f"min_sigma={config.min_sigma} is not supported with "
+                         "sigma_schedule='anneal' (one shared, annealed deviation): leave it 0")
     if anneal and not (config.sigma_start > 0 and config.sigma_end > 0 and config.anneal_steps > 0):
         raise ValueError("annealing needs sigma_start > 0, sigma_end > 0 and anneal_steps > 0, "
                          f"got {config.sigma_start}, {config.sigma_end}, {config.anneal_steps}")
     # annealed: raw sigmas fixed at 0, so sigma_scale * softplus(2) * n = sigma_start * n
     scale = config.sigma_start / _SOFTPLUS_2 if anneal else config.sigma_scale
     return SparseLayer(n, n, config.k or n, learn_values=False, sigma_scale=scale,
-                       min_sigma=0.0 if anneal else config.min_sigma, learn_sigmas=not anneal,
+                       min_sigma=config.min_sigma, learn_sigmas=not anneal,
                        global_samples=config.global_samples,
                        local_samples=config.local_samples, region=min(config.region, n),
                        normalisation=config.normalisation, device=device)
@@ -97,7 +100,7 @@ class Identity(Experiment):
                  "anneal_steps": 24000, "train.max_steps": 32000, "train.lr": 0.0075,
                  "train.schedule": "cosine"},
     }
-    presets["full"] = presets["n64"]
+    presets["full"] = dict(presets["n64"])
 
     def run(self, config: IdentityConfig, ctx: RunContext) -> dict[str, Any]:
         n = config.n
@@ -138,6 +141,8 @@ class Identity(Experiment):
 
         snapshot(0, layer)
         anneal = annealing(config)
+        if anneal is not None:
+            anneal(0, layer)  # the first step's gain (a resumed run's checkpoint overrides it)
         callbacks = [callback] if anneal is None else [anneal, callback]
         result = ctx.fit(layer, loss_fn, source, config=tc, callbacks=callbacks)
         if not snaps or snaps[-1][0] != result.steps:

@@ -404,6 +404,9 @@ def resolve_collisions(layer: FanInSparseLayer, scores: Tensor | None = None) ->
     if scores is not None and tuple(scores.shape) != (m, n):
         raise ValueError(f"scores must have shape (M, N) = ({m}, {n}), got "
                          f"{tuple(scores.shape)}")
+    if scores is not None and not bool(torch.isfinite(scores).all()):
+        raise ValueError("scores must be finite (a -inf free position would tie with the "
+                         "occupied ones)")
     means, _, _ = layer.tuples(torch.zeros((1,) + layer.in_shape, device=layer._device()))
     no = len(layer.out_shape)
     hi = torch.tensor(layer.in_shape, device=means.device) - 1
@@ -422,7 +425,7 @@ def resolve_collisions(layer: FanInSparseLayer, scores: Tensor | None = None) ->
                            -1).reshape(n, -1).to(means.dtype)  # (N, R')
         d = torch.cdist(means[:, no:].reshape(m, f, -1), grid.expand(m, n, -1))  # (M, F, N)
         scores = -d.amin(1)  # (M, N)
-    pref = scores.to(means.dtype).reshape(m * n).masked_fill(occupied, -math.inf)  # (M*N,)
+    pref = scores.to(means).reshape(m * n).masked_fill(occupied, -math.inf)  # (M*N,)
     order = pref.view(m, n).argsort(dim=1, descending=True, stable=True)  # (M, N)
     free = (~occupied).view(m, n).sum(1)  # (M,)
     # the j-th colliding tuple of a unit takes the unit's j-th preferred free position
@@ -806,7 +809,7 @@ def weight_gradients(model: nn.Module, layers: Sequence[HyperLayer],
         output: one (prod(out_shape), prod(in_shape)) tensor per layer.
     """
     acc = [torch.zeros(math.prod(la.out_shape), math.prod(la.in_shape),
-                       device=la._device()) for la in layers]
+                       device=la._device(), dtype=la.sigma_gain.dtype) for la in layers]
 
     def hook(i: int) -> Any:
         def fwd(mod: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:

@@ -97,7 +97,8 @@ class HyperLayer(nn.Module):
         output: the same leading dimensions followed by ``out_shape``.
 
     Every deviation is multiplied by the scalar buffer ``sigma_gain`` (1 at construction), which
-    :class:`SigmaAnnealing` or :func:`set_sigma_gain` change during training.
+    :class:`SigmaAnnealing` or :func:`set_sigma_gain` change during training; the gain scales the
+    ``min_sigma`` floor too.
     """
 
     template: Tensor | None
@@ -194,6 +195,13 @@ class HyperLayer(nn.Module):
         # multiplies every deviation; annealing schedules set it (a buffer: resumes exactly)
         self.register_buffer("sigma_gain", torch.ones((), **factory))
         self.generator: torch.Generator | None = None
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any,
+                              **kwargs: Any) -> None:
+        # checkpoints written before ``sigma_gain`` existed load with the neutral gain 1
+        if prefix + "sigma_gain" not in state_dict:
+            state_dict[prefix + "sigma_gain"] = torch.ones_like(self.sigma_gain)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ extension points
     def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -425,7 +433,11 @@ class SigmaAnnealing:
     :class:`SparseLayer` with ``learn_sigmas=False``) this is deterministic annealing: the
     tuples settle jointly while the Gaussians are wide and commit to single indices as they
     shrink, instead of a few tuples hedging with wide deviations over several targets (see
-    docs/hyperlayer.md). The gain is a buffer, so a resumed run continues the schedule exactly.
+    docs/hyperlayer.md). The gain is a buffer, so a resumed run continues the schedule (an
+    interrupt that lands between a step and its callbacks resumes one step late).
+
+    :func:`hypersparse.train.fit` calls callbacks *after* each step, so the first step runs at
+    the layers' current gain: call ``anneal(0, model)`` before training when ``start != 1``.
 
     Args:
         steps: length of the annealing (> 0).
