@@ -192,7 +192,7 @@ class HyperLayer(nn.Module):
         if not learn_values:
             self.register_buffer("fixed_values", torch.ones(k, **factory))
         self.bias = nn.Parameter(torch.zeros(self.out_shape, **factory)) if bias else None
-        # multiplies every deviation; annealing schedules set it (a buffer: resumes exactly)
+        # multiplies every deviation; annealing schedules set it (a buffer: checkpointed)
         self.register_buffer("sigma_gain", torch.ones((), **factory))
         self.generator: torch.Generator | None = None
 
@@ -358,8 +358,6 @@ class HyperLayer(nn.Module):
             s += ", learn_values=False"
         if self.bias is not None:
             s += ", bias=True"
-        if getattr(self, "learn_sigmas", True) is False:
-            s += ", learn_sigmas=False"
         return s
 
 
@@ -414,6 +412,9 @@ class SparseLayer(HyperLayer):
 
     def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         return self.raw_means, self.raw_sigmas, self.values
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.learn_sigmas else ", learn_sigmas=False")
 
 
 def set_sigma_gain(module: nn.Module, gain: float) -> None:
