@@ -97,7 +97,7 @@ class Identity(Experiment):
         "n64": {"n": 64, "sigma_schedule": "anneal", "sigma_start": 0.1, "anneal_steps": 4000,
                 "train.max_steps": 10000, "train.lr": 0.03, "train.schedule": "cosine"},
         "n256": {"n": 256, "sigma_schedule": "anneal", "sigma_start": 0.1,
-                 "anneal_steps": 24000, "train.max_steps": 32000, "train.lr": 0.0075,
+                 "anneal_steps": 64000, "train.max_steps": 80000, "train.lr": 0.0075,
                  "train.schedule": "cosine"},
     }
     presets["full"] = dict(presets["n64"])
