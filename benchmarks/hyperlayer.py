@@ -107,7 +107,7 @@ def bench_vs_original(quick: bool) -> list[dict[str, object]]:
     rows = []
     for n in [16, 64, 256, 1024, 4096]:
         for state in ["init", "sigma1", "converged"]:
-            if state == "init" and n > 256:
+            if state == "init" and n > 1024:
                 continue  # sigma ~ 0.15 n: every pair is within the cutoff, O(K^2 S) either way
             layer = make(n, state)
             step, _ = train_step(layer)
@@ -122,6 +122,32 @@ def bench_vs_original(quick: bool) -> list[dict[str, object]]:
                    "speedup_cpu": round(ORIGINAL_MS[n] / t["cpu_ms"], 2)}
             rows.append(row)
             print(row, flush=True)
+    return rows
+
+
+def bench_crossover(quick: bool) -> list[dict[str, object]]:
+    """Exact (GEMM) against neighbour-limited weights as sigma shrinks: where ``"auto"`` should
+    switch (``AUTO_EXACT_COVER``)."""
+    rows = []
+    grid = {128: [12.0, 4.0, 1.5], 256: [25.0, 8.0, 3.0, 1.5, 0.3], 1024: [25.0, 8.0, 2.0]}
+    for n, sigmas in grid.items():
+        for sigma in sigmas:
+            row: dict[str, object] = {"n": n, "sigma_cells": sigma}
+            for method in ("exact", "neighbours"):
+                torch.manual_seed(0)
+                layer = SparseLayer(n, n, n, learn_values=False, learn_sigmas=False,
+                                    sigma_scale=sigma / (n * math.log1p(math.exp(2.0))),
+                                    normalisation=method)
+                step, _ = train_step(layer)
+                row[f"{method}_cpu_ms"] = measure(step, 3 if n >= 1024 or quick else 10)["cpu_ms"]
+            auto = SparseLayer(n, n, n, learn_values=False, learn_sigmas=False,
+                               sigma_scale=sigma / (n * math.log1p(math.exp(2.0))))
+            s = auto.tuples(torch.zeros(1, n))[1]
+            row["auto"] = auto.method(s, auto.k * auto.samples_per_tuple)
+            half = max(5.0 * sigma, math.sqrt(2))
+            row["cover"] = round(min(1.0, (2 * half + 1) / n) ** 2, 4)
+            rows.append(row)
+            print("crossover", row, flush=True)
     return rows
 
 
@@ -249,6 +275,14 @@ def table() -> str:
             f"{big['baseline_rss_mib']} MiB); the dense W would be 4 TiB.",
             f"Contraction: {bw['contract_gb_s']} GB/s against {bw['copy_gb_s']} GB/s for a plain "
             f"copy of the same size ({bw['ratio']}x)."]
+    if "crossover" in res:
+        out += ["", "Exact (GEMM) against neighbour-limited weights, CPU ms per train step "
+                "(`auto` switches to neighbours below 7% cover):", "",
+                "| n = K | sigma (cells) | boxes cover | exact | neighbours | auto picks |",
+                "|---|---|---|---|---|---|"]
+        for r in res["crossover"]:
+            out.append(f"| {r['n']} | {r['sigma_cells']} | {100 * r['cover']:.2g}% "
+                       f"| {r['exact_cpu_ms']:.1f} | {r['neighbours_cpu_ms']:.1f} | {r['auto']} |")
     return "\n".join(out)
 
 
@@ -271,6 +305,7 @@ def main() -> None:
                  "which excludes the time other jobs held the cores."),
         "original_ms_source": "issue 5 (sparse-hyper 2019 on this CPU, per-tuple normalisation)",
         "vs_original": bench_vs_original(quick),
+        "crossover": bench_crossover(quick),
         "linear": bench_linear(quick),
         "k_scaling": bench_k_scaling(quick),
         "nm_scaling": bench_nm_scaling(quick),

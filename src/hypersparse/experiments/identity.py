@@ -28,6 +28,7 @@ class IdentityConfig:
     local_samples: int = 4
     region: int = 4
     normalisation: str = "auto"
+    mean_bound: str = "sigmoid"  # or "reflect": linear, reflected at the edges (the presets)
     # "learned": every tuple learns its deviation (sigma_scale sets the start);
     # "anneal": one shared deviation, annealed geometrically from sigma_start * n to sigma_end
     # (index units) over anneal_steps batches (deterministic annealing; the presets for n >= 64)
@@ -62,7 +63,8 @@ def make_layer(config: IdentityConfig, device: torch.device | str = "cpu") -> Sp
                        min_sigma=config.min_sigma, learn_sigmas=not anneal,
                        global_samples=config.global_samples,
                        local_samples=config.local_samples, region=min(config.region, n),
-                       normalisation=config.normalisation, device=device)
+                       normalisation=config.normalisation, mean_bound=config.mean_bound,
+                       device=device)
 
 
 def annealing(config: IdentityConfig) -> SigmaAnnealing | None:

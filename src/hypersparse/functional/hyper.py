@@ -28,6 +28,8 @@ from torch import Tensor
 
 __all__ = [
     "bound_means",
+    "unbound_means",
+    "MEAN_BOUNDS",
     "bound_sigmas",
     "sample_points",
     "linear_index",
@@ -69,8 +71,22 @@ def _size_tensor(sizes: Sequence[int], like: Tensor) -> Tensor:
     return const(sizes, like.dtype, like.device)
 
 
-def bound_means(raw: Tensor, sizes: Sequence[int]) -> Tensor:
-    """Map unbounded raw means into index space: ``sigmoid(raw) * (size - 1)`` per column.
+MEAN_BOUNDS = ("sigmoid", "reflect")
+
+
+def _check_mean_bound(mode: str) -> None:
+    if mode not in MEAN_BOUNDS:
+        raise ValueError(f"mean_bound must be one of {MEAN_BOUNDS}, got {mode!r}")
+
+
+def bound_means(raw: Tensor, sizes: Sequence[int], *, mode: str = "sigmoid") -> Tensor:
+    """Map unbounded raw means into index space ``[0, size - 1]`` per column.
+
+    ``mode="sigmoid"`` (the paper's): ``sigmoid(raw) * (size - 1)``. Its slope vanishes near the
+    edges, so a mean that drifts there barely moves again. ``mode="reflect"``: a triangle wave
+    ``tri(raw / 4 + 1/2) * (size - 1)`` with ``tri(u) = 1 - |(u mod 2) - 1|``, i.e. linear with
+    the sigmoid's slope at 0 and reflected at both edges: every mean moves equally fast
+    wherever it is (docs/hyperlayer.md measures the difference on the identity task).
 
     Shape:
         raw: (..., L) with ``L == len(sizes)``; output: same.
@@ -78,11 +94,40 @@ def bound_means(raw: Tensor, sizes: Sequence[int]) -> Tensor:
     Example:
         >>> bound_means(torch.zeros(1, 2), [5, 11])
         tensor([[2., 5.]])
+        >>> bound_means(torch.tensor([[-2.0, 3.0]]), [5, 5], mode="reflect")
+        tensor([[0., 3.]])
     """
     sizes = _check_sizes(sizes)
+    _check_mean_bound(mode)
     if raw.shape[-1] != len(sizes):
         raise ValueError(f"raw means must end in {len(sizes)} columns, got {tuple(raw.shape)}")
-    return torch.sigmoid(raw) * (_size_tensor(sizes, raw) - 1)
+    if mode == "sigmoid":
+        unit = torch.sigmoid(raw)
+    else:
+        unit = 1 - (torch.remainder(raw * 0.25 + 0.5, 2.0) - 1).abs()
+    return unit * (_size_tensor(sizes, raw) - 1)
+
+
+def unbound_means(means: Tensor, sizes: Sequence[int], *, mode: str = "sigmoid",
+                  eps: float = 1e-3) -> Tensor:
+    """Raw means that :func:`bound_means` maps to ``means`` (index space, clamped into
+    ``[eps, 1 - eps]`` of each column's range first, so the sigmoid's inverse stays finite).
+
+    Shape:
+        means: (..., L) with ``L == len(sizes)``; output: same.
+
+    Example:
+        >>> m = torch.tensor([[1.0, 7.5]])
+        >>> torch.allclose(bound_means(unbound_means(m, [5, 11]), [5, 11]), m)
+        True
+    """
+    sizes = _check_sizes(sizes)
+    _check_mean_bound(mode)
+    if means.shape[-1] != len(sizes):
+        raise ValueError(f"means must end in {len(sizes)} columns, got {tuple(means.shape)}")
+    span = (_size_tensor(sizes, means) - 1).clamp(min=1)
+    unit = (means / span).clamp(eps, 1 - eps)
+    return torch.logit(unit) if mode == "sigmoid" else (unit - 0.5) * 4
 
 
 def bound_sigmas(raw: Tensor, sizes: Sequence[int], *, sigma_scale: float = 0.1,
@@ -125,8 +170,10 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
 
     Per tuple: the ``2^L`` corners ``floor(mu) + {0, 1}`` over the learned columns (clamped into
     range), ``global_samples`` points uniform over the learned columns' whole range and
-    ``local_samples`` points uniform in a ``region`` box around ``round(mu)`` (shifted to stay in
-    bounds). Template columns are ``round(mu)``. Random numbers come from ``generator`` (default:
+    ``local_samples`` points uniform in a ``region`` box starting at ``round(mu) - region // 2``
+    (shifted to stay in bounds; for an even region its centre lies half a cell below ``mu`` on
+    average, which measurably helps the identity task: docs/hyperlayer.md). Template columns are
+    ``round(mu)``. Random numbers come from ``generator`` (default:
     the global torch RNG).
 
     Args:
@@ -301,9 +348,97 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
         raise ValueError(f"method must be 'exact' or 'neighbours', got {method!r}")
     learn = list(learn)
     mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
+    if mask is None and means.shape[-2] * points.shape[-2] > GEMM_MIN_PAIRS and _gemm_ok(
+            points, sigmas, learn):
+        return _gemm_weights(points, keep, means, sigmas, values, learn)
     if keep is not None:
         mask = keep.unsqueeze(-2) if mask is None else mask & keep.unsqueeze(-2)  # (..., K, P)
     return _exact_weights(points, means, sigmas, values, learn, mask)
+
+
+#: The quadratic-form (GEMM) path is used while float64 rounding of its expanded exponent,
+#: ~1.1e-16 * 4 * L * max(1 / sigma^2) * max|p - centre|^2, stays below this.
+GEMM_EXPONENT_ERROR = 1e-8
+#: ... for contexts of more (tuple, point) pairs than this (below, the column path is as fast).
+GEMM_MIN_PAIRS = 2**16
+
+
+def _gemm_ok(points: Tensor, sigmas: Tensor, learn: list[int]) -> bool:
+    """Whether :func:`_gemm_weights` applies: float32/64 on the CPU (float64 matrix products are
+    slow on most GPUs, where the elementwise path is fast anyway), non-empty, and accurate."""
+    if points.device.type != "cpu" or sigmas.dtype not in (torch.float32, torch.float64):
+        return False
+    if points.numel() == 0 or sigmas.numel() == 0:
+        return False
+    cols = const(learn, torch.long, points.device)
+    pts = points.index_select(-1, cols)
+    half = float((pts.amax() - pts.amin()).max()) / 2 + 1  # + 1: means lie within a cell
+    inv2 = float(sigmas.detach().amin()) ** -2
+    return 1.1e-16 * 4 * len(learn) * inv2 * half * half <= GEMM_EXPONENT_ERROR
+
+
+def _gemm_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Tensor,
+                  values: Tensor, learn: list[int]) -> Tensor:
+    """All-pairs weights with the exponent as one matrix product: ``log N_k(p) =
+    sum_r -1/2 s_kr p_r^2 + s_kr mu_kr p_r - 1/2 s_kr mu_kr^2`` with ``s = 1 / sigma^2``, i.e.
+    (K, D) tuple features times (D, P) point features, in float64 on centred coordinates so the
+    expansion loses nothing at float32 resolution (:func:`_gemm_ok` checks the bound)."""
+    cols = const(learn, torch.long, means.device)
+    pts = points.index_select(-1, cols).to(torch.float64)  # (..., P, L)
+    centre = (pts.flatten(0, -2).amax(0) + pts.flatten(0, -2).amin(0)) / 2  # (L,)
+    pts = pts - centre
+    mu = means.index_select(-1, cols).to(torch.float64) - centre  # (..., K, L)
+    s = sigmas.to(torch.float64).pow(-2)  # (..., K, L)
+    sm = s * mu
+    ones = torch.ones_like(mu[..., :1])  # (..., K, 1)
+    const_term = -0.5 * (sm * mu).sum(-1, keepdim=True)  # (..., K, 1)
+    tfeat = torch.cat([-0.5 * s, sm, const_term, ones], -1)  # (..., K, D)
+    pt = pts.transpose(-1, -2)  # (..., L, P)
+    bias = pt.new_zeros(pt.shape[:-2] + (1, pt.shape[-1]))  # (..., 1, P)
+    if keep is not None:
+        bias.masked_fill_(~keep.unsqueeze(-2), _MASKED)
+    grad_feat = torch.cat([pt.square(), pt], -2)  # (..., 2L, P)
+    feat = torch.cat([grad_feat, torch.ones_like(bias), bias], -2)  # (..., D, P)
+    return _GemmWeights.apply(tfeat, feat, grad_feat, values.to(means.dtype))
+
+
+_MASKED = -1e30  # exponent bias of the points that do not count (finite: no inf * 0 in a GEMM)
+
+
+class _GemmWeights(torch.autograd.Function):
+    """``w_p = sum_k v_k exp(x_kp) / Z_k`` with ``x = T F`` (float64 product, float32 or float64
+    exp). Backward needs only one more product with ``E = exp(x - max)``:
+    ``gv_k = (E gw)_k / Z_k`` and ``dT_k = v_k / Z_k (E (gw * G^T) - gv_k E G^T)_k`` where ``G``
+    are the point features that tuple features multiply (the bias rows get no gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, tfeat: Tensor, feat: Tensor, grad_feat: Tensor,
+                values: Tensor) -> Tensor:
+        x = (tfeat @ feat).to(values.dtype)  # (..., K, P)
+        near = x.amax(-1, keepdim=True)  # (..., K, 1)
+        e = torch.threshold_(x.sub_(near), LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
+        z = e.sum(-1)  # (..., K)
+        live = (z > 0) & (near.squeeze(-1) > _MASKED / 2)  # tuples with a point in context
+        c = torch.where(live, values / z.clamp_min(torch.finfo(z.dtype).tiny),
+                        torch.zeros_like(values))  # (..., K)
+        ctx.save_for_backward(e, grad_feat, c, z, live)
+        return (c.unsqueeze(-2) @ e).squeeze(-2)  # (..., P)
+
+    @staticmethod
+    def backward(ctx: Any, gw: Tensor) -> Any:
+        e, grad_feat, c, z, live = ctx.saved_tensors
+        g = grad_feat.to(torch.float64)  # (..., 2L, P)
+        gw64 = gw.to(torch.float64).unsqueeze(-2)  # (..., 1, P)
+        rhs = torch.cat([gw64, g, g * gw64], -2)  # (..., 1 + 4L, P)
+        r = (rhs @ e.to(torch.float64).transpose(-1, -2)).transpose(-1, -2)  # (..., K, 1 + 4L)
+        d = g.shape[-2]
+        z64 = z.to(torch.float64).clamp_min(torch.finfo(z.dtype).tiny)
+        gv = torch.where(live, r[..., 0] / z64, torch.zeros_like(z64))  # (..., K)
+        gt = r[..., 1 + d:] - gv.unsqueeze(-1) * r[..., 1:1 + d]  # (..., K, 2L)
+        gt = gt * c.to(torch.float64).unsqueeze(-1)
+        # tuple features: [-s/2 (L), s mu (L), const, bias-one]; const and bias get no use
+        zero = gt.new_zeros(gt.shape[:-1] + (2,))
+        return torch.cat([gt, zero], -1), None, None, gv.to(c.dtype)
 
 
 def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..functional.contract import sparse_contract
 from ..functional.hyper import (
     MAX_LINEAR,
+    _check_mean_bound,
     bound_means,
     bound_sigmas,
     const,
@@ -29,6 +30,7 @@ from ..functional.hyper import (
     linear_index,
     point_weights,
     sample_points,
+    unbound_means,
 )
 
 __all__ = ["Connections", "HyperLayer", "SigmaAnnealing", "SparseLayer", "set_sigma_gain"]
@@ -36,8 +38,12 @@ __all__ = ["Connections", "HyperLayer", "SigmaAnnealing", "SparseLayer", "set_si
 _METHODS = ("auto", "exact", "neighbours")
 #: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
 AUTO_EXACT_PAIRS = 2**16
-#: ... and never above this many (memory: the exact path holds a few (K, P, R') tensors).
-AUTO_EXACT_MAX_PAIRS = 2**23
+#: ... and never above this many (memory: the exact path holds a few (K, P) tensors).
+AUTO_EXACT_MAX_PAIRS = 2**25
+#: ... and above that only while the neighbour boxes cover more than this fraction of the index
+#: space (measured crossover on this CPU, one thread: hashing wins below ~6%, loses 2x at
+#: 10% (n = 128, 256 and 1024, K = n; docs/hyperlayer.md).
+AUTO_EXACT_COVER = 0.07
 
 
 class Connections(NamedTuple):
@@ -90,6 +96,10 @@ class HyperLayer(nn.Module):
         normalisation: ``"exact"`` (all (point, tuple) pairs), ``"neighbours"`` (pairs within
             ``cutoff`` deviations, via spatial hashing) or ``"auto"`` (exact for small layers).
         cutoff: the neighbour radius in standard deviations.
+        mean_bound: how raw means map into index space
+            (:func:`~hypersparse.functional.bound_means`): ``"sigmoid"`` (the paper's) or
+            ``"reflect"`` (linear, reflected at the edges: means near an edge stay as mobile as
+            the others).
         device, dtype: of the parameters and buffers.
 
     Shape:
@@ -122,6 +132,7 @@ class HyperLayer(nn.Module):
         learn_cols: Sequence[int] | None = None,
         normalisation: str = "auto",
         cutoff: float = 5.0,
+        mean_bound: str = "sigmoid",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -149,6 +160,8 @@ class HyperLayer(nn.Module):
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0, got {cutoff}")
         self.normalisation, self.cutoff = normalisation, float(cutoff)
+        _check_mean_bound(mean_bound)
+        self.mean_bound = mean_bound
 
         if learn_cols is None:
             learn_cols = range(r) if template is None else range(len(self.out_shape), r)
@@ -210,8 +223,8 @@ class HyperLayer(nn.Module):
         Returns:
             ``(raw_means, raw_sigmas, values)`` of shapes (B, K, R'), (B, K), (B, K) (adaptive)
             or (K, R'), (K,), (K,) (shared), where R' = ``len(learn_cols)``. ``raw_means`` are
-            unbounded (mapped by ``sigmoid(raw) * (size - 1)``); ``values`` may be None when
-            ``learn_values=False``.
+            unbounded (mapped by :func:`bound_means` with ``mean_bound``); ``values`` may be None
+            when ``learn_values=False``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement hyper(x)")
 
@@ -239,7 +252,7 @@ class HyperLayer(nn.Module):
                 raise ValueError(f"hyper() must return values (..., {self.k}), got {got}")
         else:
             values = self.fixed_values.expand(lead + (self.k,))
-        learned = bound_means(raw_means, self.learned_sizes)  # (.., K, R')
+        learned = bound_means(raw_means, self.learned_sizes, mode=self.mean_bound)  # (.., K, R')
         sigmas = bound_sigmas(raw_sigmas, self.learned_sizes, sigma_scale=self.sigma_scale,
                               min_sigma=self.min_sigma) * self.sigma_gain  # (.., K, R')
         if self.template is None:
@@ -252,8 +265,8 @@ class HyperLayer(nn.Module):
     # ------------------------------------------------------------------ core
     def method(self, sigmas: Tensor, points_per_context: int) -> str:
         """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts, or when
-        the tuples' neighbour boxes cover over a quarter of the index space anyway (large
-        sigmas, where hashing costs more than it saves); neighbour-limited otherwise."""
+        the tuples' neighbour boxes cover over ``AUTO_EXACT_COVER`` of the index space anyway
+        (large sigmas, where hashing costs more than it saves); neighbour-limited otherwise."""
         if self.normalisation != "auto":
             return self.normalisation
         pairs = self.k * points_per_context
@@ -262,7 +275,8 @@ class HyperLayer(nn.Module):
         half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
         size = const(self.learned_sizes, half.dtype, half.device)
         cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
-        return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and float(cover) > 0.25 else "neighbours"
+        wide = float(cover) > AUTO_EXACT_COVER
+        return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and wide else "neighbours"
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
@@ -356,6 +370,8 @@ class HyperLayer(nn.Module):
              f"normalisation={self.normalisation!r}")
         if not self.learn_values:
             s += ", learn_values=False"
+        if self.mean_bound != "sigmoid":
+            s += f", mean_bound={self.mean_bound!r}"
         if self.bias is not None:
             s += ", bias=True"
         return s
@@ -402,7 +418,8 @@ class SparseLayer(HyperLayer):
     def reset_parameters(self) -> None:
         """Means uniform over index space, raw sigmas 0, values N(0, min(1, M/K))."""
         u = torch.rand(self.raw_means.shape, generator=self.generator, dtype=torch.float64)
-        self.raw_means.copy_(torch.logit(u.clamp(1e-3, 1 - 1e-3)))
+        span = torch.tensor(self.learned_sizes, dtype=torch.float64) - 1  # (R',)
+        self.raw_means.copy_(unbound_means(u * span, self.learned_sizes, mode=self.mean_bound))
         self.raw_sigmas.zero_()
         if self.values is not None:
             std = min(1.0, math.sqrt(math.prod(self.out_shape) / self.k))

@@ -1,0 +1,190 @@
+"""Tests of the hyperlayer's alternative paths: the quadratic-form (GEMM) exact weights and the
+reflected mean bound (issue 5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import hypersparse.functional.hyper as H
+from hypersparse.functional import (
+    bound_means,
+    bound_sigmas,
+    first_occurrence,
+    linear_index,
+    point_weights,
+    sample_points,
+    unbound_means,
+)
+from hypersparse.nn import SparseLayer
+
+
+def context(sizes: list[int], k: int, lead: tuple[int, ...], sigma_scale: float, seed: int,
+            dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(*lead, k, len(sizes), generator=g, dtype=dtype)
+    means = means * (torch.tensor(sizes, dtype=dtype) - 1)
+    raw = torch.randn(*lead, k, generator=g, dtype=dtype)
+    sig = bound_sigmas(raw, sizes, sigma_scale=sigma_scale)
+    vals = torch.randn(*lead, k, generator=g, dtype=dtype)
+    pts = sample_points(means, sizes, list(range(len(sizes))), region=[min(4, s) for s in sizes],
+                        generator=g).flatten(-3, -2)
+    keep = first_occurrence(linear_index(pts, sizes))
+    return pts, keep, means, sig, vals
+
+
+def both_paths(pts: torch.Tensor, keep: torch.Tensor | None, means: torch.Tensor,
+               sig: torch.Tensor, vals: torch.Tensor, monkeypatch: pytest.MonkeyPatch,
+               grad: torch.Tensor | None = None) -> list[list[torch.Tensor]]:
+    """Weights (and gradients for ``grad``) from the column path and from the GEMM path (forced:
+    no accuracy check)."""
+    out = []
+    learn = list(range(means.shape[-1]))
+    for min_pairs, err in ((2**62, 1e-8), (0, float("inf"))):
+        monkeypatch.setattr(H, "GEMM_MIN_PAIRS", min_pairs)
+        monkeypatch.setattr(H, "GEMM_EXPONENT_ERROR", err)
+        m, s, v = (t.clone().requires_grad_() for t in (means, sig, vals))
+        w = point_weights(pts, keep, m, s, v, learn)
+        res = [w.detach()]
+        if grad is not None:
+            res += list(torch.autograd.grad(w, [m, s, v], grad))
+        out.append(res)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(2, 60), min_size=1, max_size=3), k=st.integers(1, 20),
+       batched=st.booleans(), sigma_scale=st.sampled_from([0.03, 0.1, 0.5]),
+       seed=st.integers(0, 10**6))
+def test_gemm_weights_equal_column_path(sizes: list[int], k: int, batched: bool,
+                                        sigma_scale: float, seed: int) -> None:
+    pts, keep, means, sig, vals = context(sizes, k, (2,) if batched else (), sigma_scale, seed)
+    grad = torch.randn(pts.shape[:-1], dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed))
+    with pytest.MonkeyPatch.context() as mp:
+        col, gemm = both_paths(pts, keep, means, sig, vals, mp, grad)
+    for a, b in zip(gemm, col):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-6)
+
+
+def test_gemm_weights_float32_and_every_tuple_spreads_its_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pts, keep, means, sig, vals = context([256, 256], 64, (), 0.05, 0, dtype=torch.float32)
+    grad = torch.randn(pts.shape[:-1])
+    col, gemm = both_paths(pts, keep, means, sig, vals, monkeypatch, grad)
+    torch.testing.assert_close(gemm[0], col[0], atol=1e-5, rtol=1e-5)
+    for a, b in zip(gemm[1:], col[1:]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+    assert (gemm[0][~keep] == 0).all()
+    torch.testing.assert_close(gemm[0].sum(), vals.sum(), atol=1e-4, rtol=1e-5)
+
+
+def test_gemm_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(H, "GEMM_MIN_PAIRS", 0)
+    pts, keep, means, sig, vals = context([7, 9], 4, (2,), 0.2, 5)
+    means, sig, vals = (t.requires_grad_() for t in (means, sig, vals))
+    assert torch.autograd.gradcheck(
+        lambda m, s, v: point_weights(pts, keep, m, s, v, [0, 1]), (means, sig, vals))
+
+
+def test_gemm_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(H, "GEMM_MIN_PAIRS", 0)
+    # k = 1, no keep mask, a tiny sigma: all weight on the nearest point, no NaN
+    pts = torch.tensor([[0, 0], [5, 5], [1, 0]])
+    w = point_weights(pts, None, torch.tensor([[0.4, 0.2]]), torch.full((1, 2), 0.01),
+                      torch.ones(1), [0, 1])
+    assert torch.isfinite(w).all() and w.tolist() == [1.0, 0.0, 0.0]
+    # a context whose points all are masked out: weights 0, gradients finite
+    m = torch.tensor([[1.0, 1.0]], requires_grad=True)
+    w = point_weights(pts, torch.zeros(3, dtype=torch.bool), m, torch.ones(1, 2),
+                      torch.ones(1), [0, 1])
+    assert (w == 0).all()
+    w.sum().backward()
+    assert m.grad is not None and torch.isfinite(m.grad).all()
+
+
+def test_gemm_path_is_taken_only_where_accurate(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = H._gemm_weights
+    monkeypatch.setattr(H, "_gemm_weights", lambda *a: calls.append(1) or real(*a))
+    pts, keep, means, sig, vals = context([300, 300], 300, (), 0.05, 1, dtype=torch.float32)
+    point_weights(pts, keep, means, sig, vals, [0, 1])
+    assert calls == [1]  # 300 x 3600 pairs, wide sigma: the GEMM
+    point_weights(pts, keep, means, torch.full_like(sig, 1e-4), vals, [0, 1])
+    assert calls == [1]  # sigma 1e-4 on a range of 300: float64 expansion too coarse
+    point_weights(pts[:10], keep[:10], means[:5], sig[:5], vals[:5], [0, 1])
+    assert calls == [1]  # a small context: the column path
+
+
+def test_auto_method_prefers_exact_for_wide_sigma() -> None:
+    layer = SparseLayer(256, 256, 256, sigma_scale=0.1, learn_sigmas=False)
+    s = layer.tuples(torch.zeros(1, 256))[1]
+    assert layer.method(s, 256 * layer.samples_per_tuple) == "exact"
+    s_narrow = s * 0.05  # ~1.4 cells: boxes cover ~0.2% of the index space
+    assert layer.method(s_narrow, 256 * layer.samples_per_tuple) == "neighbours"
+
+
+# ----------------------------------------------------------------------------- mean bounds
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 500), mode=st.sampled_from(["sigmoid", "reflect"]),
+       seed=st.integers(0, 10**6))
+def test_unbound_inverts_bound(size: int, mode: str, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.rand(10, 1, generator=g, dtype=torch.float64) * (size - 1)
+    means = means.clamp(1e-3 * (size - 1), (1 - 1e-3) * (size - 1))
+    back = bound_means(unbound_means(means, [size], mode=mode), [size], mode=mode)
+    torch.testing.assert_close(back, means)
+
+
+def test_reflect_bound_is_linear_and_reflected() -> None:
+    raw = torch.linspace(-30, 30, 601, dtype=torch.float64, requires_grad=True)
+    m = bound_means(raw.unsqueeze(-1), [101], mode="reflect").squeeze(-1)
+    assert (m >= 0).all() and (m <= 100).all()
+    # at 0 it agrees with the sigmoid's value and slope; the slope is 100/4 everywhere
+    m0 = bound_means(torch.zeros(1, 1), [101], mode="reflect")
+    assert float(m0) == 50.0
+    (g,) = torch.autograd.grad(m.sum(), raw)
+    kinks = ((raw.detach() * 0.25 + 0.5) % 1).abs() < 1e-9
+    assert torch.allclose(g[~kinks].abs(), torch.full_like(g[~kinks], 25.0))
+    # reflection: raw just past the edge maps back inside, symmetric about the edge
+    edge = torch.tensor([[2.0 - 0.4], [2.0 + 0.4]])  # raw = 2 is the upper edge
+    out = bound_means(edge, [101], mode="reflect").flatten()
+    torch.testing.assert_close(out[0], out[1])
+    # the sigmoid's slope vanishes at the edges, the reflected one does not
+    near_edge = unbound_means(torch.tensor([[1.0]]), [101], mode="sigmoid").requires_grad_()
+    (gs,) = torch.autograd.grad(bound_means(near_edge, [101]).sum(), near_edge)
+    assert float(gs) < 1.1
+
+
+def test_mean_bound_layer_option() -> None:
+    layer = SparseLayer(32, 32, 32, mean_bound="reflect")
+    means = layer.tuples(torch.zeros(1, 32))[0]
+    assert (means >= 0).all() and (means <= 31).all()
+    assert "mean_bound='reflect'" in repr(layer)
+    other = SparseLayer(32, 32, 32, mean_bound="reflect")
+    other.load_state_dict(layer.state_dict())
+    torch.testing.assert_close(other.tuples(torch.zeros(1, 32))[0], means)
+    with pytest.raises(ValueError, match="mean_bound"):
+        SparseLayer(4, 4, 4, mean_bound="tanh")
+    with pytest.raises(ValueError, match="mean_bound"):
+        bound_means(torch.zeros(1, 1), [4], mode="clamp")
+    assert "mean_bound" not in repr(SparseLayer(4, 4, 4))
+
+
+# ----------------------------------------------------------------------------- local box
+
+
+@pytest.mark.parametrize("region", [3, 4])
+def test_local_box_offset(region: int) -> None:
+    # The box starts at round(mu) - region // 2: centred on round(mu) for odd regions, half a
+    # cell below it for even ones (documented; the identity task measurably relies on it).
+    mu = (20 + (torch.arange(200, dtype=torch.float64) + 0.5) / 200 - 0.5).unsqueeze(-1)
+    pts = sample_points(mu, [64], [0], global_samples=0, local_samples=4000, region=region,
+                        generator=torch.Generator().manual_seed(0))
+    local = pts[:, 2:, 0].double()  # (K, 4000): after the 2 corners
+    offset = float((local.mean(1) - mu.squeeze(-1)).mean())
+    assert offset == pytest.approx(0.0 if region % 2 else -0.5, abs=0.03)
