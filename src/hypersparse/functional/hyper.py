@@ -359,6 +359,9 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
 #: The quadratic-form (GEMM) path is used while float64 rounding of its expanded exponent,
 #: ~1.1e-16 * 4 * L * max(1 / sigma^2) * max|p - centre|^2, stays below this.
 GEMM_EXPONENT_ERROR = 1e-8
+#: The backward product runs in float32 (float32 layers) while ``max(1 / sigma^2) * max|p -
+#: centre|^2`` is at most this (e.g. sigma >= 8 cells at n = 256), float64 otherwise.
+GEMM_F32_BACKWARD = 256.0
 #: ... for contexts of more (tuple, point) pairs than this (below, the column path is as fast).
 GEMM_MIN_PAIRS = 2**16
 
@@ -399,7 +402,11 @@ def _gemm_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
         bias.masked_fill_(~keep.unsqueeze(-2), _MASKED)
     grad_feat = torch.cat([pt.square(), pt], -2)  # (..., 2L, P)
     feat = torch.cat([grad_feat, torch.ones_like(bias), bias], -2)  # (..., D, P)
-    return _GemmWeights.apply(tfeat, feat, grad_feat, values.to(means.dtype))
+    # backward product in float32 while its rounding, ~6e-8 * max(s) * max|p - centre|^2 relative
+    # to the deviations' gradient, stays ~1e-4 (wide sigmas: where this path runs in "auto")
+    low = means.dtype == torch.float32 and float(s.detach().amax()) * float(
+        pts.abs().amax()) ** 2 <= GEMM_F32_BACKWARD
+    return _GemmWeights.apply(tfeat, feat, grad_feat, values.to(means.dtype), low)
 
 
 _MASKED = -1e30  # exponent bias of the points that do not count (finite: no inf * 0 in a GEMM)
@@ -413,7 +420,7 @@ class _GemmWeights(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, tfeat: Tensor, feat: Tensor, grad_feat: Tensor,
-                values: Tensor) -> Tensor:
+                values: Tensor, low: bool) -> Tensor:
         x = (tfeat @ feat).to(values.dtype)  # (..., K, P)
         near = x.amax(-1, keepdim=True)  # (..., K, 1)
         e = torch.threshold_(x.sub_(near), LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
@@ -422,15 +429,18 @@ class _GemmWeights(torch.autograd.Function):
         c = torch.where(live, values / z.clamp_min(torch.finfo(z.dtype).tiny),
                         torch.zeros_like(values))  # (..., K)
         ctx.save_for_backward(e, grad_feat, c, z, live)
+        ctx.low = low
         return (c.unsqueeze(-2) @ e).squeeze(-2)  # (..., P)
 
     @staticmethod
     def backward(ctx: Any, gw: Tensor) -> Any:
         e, grad_feat, c, z, live = ctx.saved_tensors
-        g = grad_feat.to(torch.float64)  # (..., 2L, P)
-        gw64 = gw.to(torch.float64).unsqueeze(-2)  # (..., 1, P)
-        rhs = torch.cat([gw64, g, g * gw64], -2)  # (..., 1 + 4L, P)
-        r = (rhs @ e.to(torch.float64).transpose(-1, -2)).transpose(-1, -2)  # (..., K, 1 + 4L)
+        dt = e.dtype if ctx.low else torch.float64
+        g = grad_feat.to(dt)  # (..., 2L, P)
+        gwd = gw.to(dt).unsqueeze(-2)  # (..., 1, P)
+        rhs = torch.cat([gwd, g, g * gwd], -2)  # (..., 1 + 4L, P)
+        r = (rhs @ e.to(dt).transpose(-1, -2)).transpose(-1, -2)  # (..., K, 1 + 4L)
+        r = r.to(torch.float64)
         d = g.shape[-2]
         z64 = z.to(torch.float64).clamp_min(torch.finfo(z.dtype).tiny)
         gv = torch.where(live, r[..., 0] / z64, torch.zeros_like(z64))  # (..., K)
@@ -438,7 +448,7 @@ class _GemmWeights(torch.autograd.Function):
         gt = gt * c.to(torch.float64).unsqueeze(-1)
         # tuple features: [-s/2 (L), s mu (L), const, bias-one]; const and bias get no use
         zero = gt.new_zeros(gt.shape[:-1] + (2,))
-        return torch.cat([gt, zero], -1), None, None, gv.to(c.dtype)
+        return torch.cat([gt, zero], -1), None, None, gv.to(c.dtype), None
 
 
 def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,
