@@ -275,14 +275,6 @@ def table() -> str:
             f"{big['baseline_rss_mib']} MiB); the dense W would be 4 TiB.",
             f"Contraction: {bw['contract_gb_s']} GB/s against {bw['copy_gb_s']} GB/s for a plain "
             f"copy of the same size ({bw['ratio']}x)."]
-    if "crossover" in res:
-        out += ["", "Exact (GEMM) against neighbour-limited weights, CPU ms per train step "
-                "(`auto` switches to neighbours below 7% cover):", "",
-                "| n = K | sigma (cells) | boxes cover | exact | neighbours | auto picks |",
-                "|---|---|---|---|---|---|"]
-        for r in res["crossover"]:
-            out.append(f"| {r['n']} | {r['sigma_cells']} | {100 * r['cover']:.2g}% "
-                       f"| {r['exact_cpu_ms']:.1f} | {r['neighbours_cpu_ms']:.1f} | {r['auto']} |")
     return "\n".join(out)
 
 

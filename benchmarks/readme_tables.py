@@ -56,9 +56,16 @@ def _hyperlayer(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
     rows = [[r["n"], r["state"], r["method"], f"{100 * r['pair_fraction']:.3g}%", r["cpu_ms"],
              r["original_ms"], f"{r['speedup_cpu']:.1f}x", linear.get(r["n"])]
             for r in d["vs_original"]]
-    return {"speed": {"columns": ["n (K = n)", "state", "normalisation", "pairs evaluated",
-                                  "CPU ms / step", "2019 code ms", "speed-up", "nn.Linear CPU ms"],
-                      "rows": rows}}
+    out = {"speed": {"columns": ["n (K = n)", "state", "normalisation", "pairs evaluated",
+                                 "CPU ms / step", "2019 code ms", "speed-up", "nn.Linear CPU ms"],
+                     "rows": rows}}
+    if "crossover" in d:
+        out["crossover"] = {
+            "columns": ["n = K", "sigma (cells)", "boxes cover", "exact CPU ms",
+                        "neighbours CPU ms", "auto picks"],
+            "rows": [[r["n"], r["sigma_cells"], f"{100 * r['cover']:.2g}%", r["exact_cpu_ms"],
+                      r["neighbours_cpu_ms"], r["auto"]] for r in d["crossover"]]}
+    return out
 
 
 def _kwinners(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
