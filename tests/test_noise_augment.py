@@ -169,6 +169,7 @@ def test_noise_config_augment_off_by_default():
         NoiseConfig(augment_shift=-1)
 
 
+@pytest.mark.slow  # ~8-20 s here: loads the split, trains 3 steps, evaluates
 def test_augmentation_only_touches_training_batches(tmp_path, mnist_available, monkeypatch):
     """A spy transform sees exactly the training batches, never validation/test/noise images."""
     import hypersparse.experiments.noise as noise
