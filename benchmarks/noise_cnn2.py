@@ -10,7 +10,11 @@ run) with ``boost.k_inference_factor=F`` (the paper's 1.5), to report what the e
 alone changes. That second evaluation reads test images but chooses nothing: the factor used by
 the experiment was selected on validation before.
 
-    PYTHONPATH=src python benchmarks/noise_cnn2.py RUN --also-kif 1.5
+    PYTHONPATH=src python benchmarks/noise_cnn2.py RUN --also-kif 1.5 [--baseline RUN0]
+
+``--baseline RUN0`` adds the rows of a second run of the same pair made with a different
+harness setting (e.g. without ``augment=shift``); its ratio and gap are computed against its
+own dense CNN-2.
 """
 
 from __future__ import annotations
@@ -62,20 +66,39 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.pstdev(xs)
 
 
+def _read(run: Path, suffix: str = "") -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+    per_seed: dict[int, dict[str, Any]] = {}
+    config: dict[str, Any] = {}
+    for sd in _seed_dirs(run):
+        s = json.loads((sd / "summary.json").read_text())
+        config = json.loads((sd / "config.json").read_text())["config"]
+        seed = int(sd.name.split("-")[1])
+        per_seed[seed] = {f"{n}{suffix}/{k}": s[f"{n}/{k}"] for n in NETS for k in KEYS}
+        per_seed[seed][f"ratio{suffix}"] = s["sparse_vs_dense_cnn2_noise_score_ratio"]
+    return per_seed, config
+
+
+def _augment(config: dict[str, Any]) -> str:
+    aug = config.get("augment", "none")
+    return "no augmentation" if aug == "none" else (
+        f"augment={aug}, up to {config.get('augment_shift', 2)} px")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("--also-kif", type=float, default=None)
+    parser.add_argument("--baseline", type=Path, default=None)
     args = parser.parse_args()
-    per_seed: dict[int, dict[str, Any]] = {}
-    config: dict[str, Any] = {}
-    for sd in _seed_dirs(args.run):
-        s = json.loads((sd / "summary.json").read_text())
-        config = json.loads((sd / "config.json").read_text())["config"]
-        seed = int(sd.name.split("-")[1])
-        per_seed[seed] = {f"{n}/{k}": s[f"{n}/{k}"] for n in NETS for k in KEYS}
-        per_seed[seed]["ratio"] = s["sparse_vs_dense_cnn2_noise_score_ratio"]
+    per_seed, config = _read(args.run)
     seeds = sorted(per_seed)
+    base_config: dict[str, Any] = {}
+    if args.baseline is not None:
+        base, base_config = _read(args.baseline, "_baseline")
+        if sorted(base) != seeds:
+            raise SystemExit(f"baseline seeds {sorted(base)} differ from the run's {seeds}")
+        for seed in seeds:
+            per_seed[seed].update(base[seed])
     if args.also_kif is not None:
         for seed, s in _reevaluate(args.run, args.also_kif).items():
             for k in ("test_accuracy", "noise_score", "accuracy_at_0.5", "val_accuracy"):
@@ -83,12 +106,19 @@ def main() -> None:
             per_seed[seed][f"ratio_kif{args.also_kif:g}"] = (
                 s["sparse_cnn2/noise_score"] / per_seed[seed]["dense_cnn2/noise_score"])
     rows = []
-    labels = [("dense CNN-2", "dense_cnn2"),
-              (f"sparse CNN-2 (k_inference_factor {config['boost']['k_inference_factor']:g})",
-               "sparse_cnn2")]
+    aug = _augment(config)
+    kif = config["boost"]["k_inference_factor"]
+    labels = [(f"dense CNN-2 ({aug})", "dense_cnn2"),
+              (f"sparse CNN-2 ({aug}, k_inference_factor {kif:g})", "sparse_cnn2")]
     if args.also_kif is not None:
         labels.append((f"sparse CNN-2, same checkpoints, k_inference_factor {args.also_kif:g}",
                        f"sparse_cnn2_kif{args.also_kif:g}"))
+    if args.baseline is not None:
+        base_aug = _augment(base_config)
+        base_kif = base_config["boost"]["k_inference_factor"]
+        labels += [(f"dense CNN-2 ({base_aug})", "dense_cnn2_baseline"),
+                   (f"sparse CNN-2 ({base_aug}, k_inference_factor {base_kif:g})",
+                    "sparse_cnn2_baseline")]
     aggregate: dict[str, Any] = {}
     for label, key in labels:
         acc = _mean_std([100 * per_seed[s][f"{key}/test_accuracy"] for s in seeds])
@@ -100,16 +130,20 @@ def main() -> None:
                           "noise_score_std": score[1], "accuracy_at_0.5_mean": at05[0]}
         rows.append([label, f"{acc[0]:.2f} +- {acc[1]:.2f}", f"{val[0]:.2f}",
                      f"{score[0]:,.0f} +- {score[1]:,.0f}", f"{at05[0]:.1f}"])
-    dense = aggregate["dense_cnn2"]
     for key in aggregate:
-        if key != "dense_cnn2":
-            aggregate[key]["noise_score_ratio_of_means"] = (
-                aggregate[key]["noise_score_mean"] / dense["noise_score_mean"])
-            aggregate[key]["accuracy_gap_points"] = (
-                dense["test_accuracy_mean"] - aggregate[key]["test_accuracy_mean"])
+        if key.startswith("dense_cnn2"):
+            continue
+        dense = aggregate["dense_cnn2_baseline" if key.endswith("_baseline") else "dense_cnn2"]
+        aggregate[key]["noise_score_ratio_of_means"] = (
+            aggregate[key]["noise_score_mean"] / dense["noise_score_mean"])
+        aggregate[key]["accuracy_gap_points"] = (
+            dense["test_accuracy_mean"] - aggregate[key]["test_accuracy_mean"])
     epochs = config["train"]["epochs"], config["sparse_train"]["epochs"]
     write_results("noise_cnn2", {
         "run": str(args.run),
+        "baseline_run": None if args.baseline is None else str(args.baseline),
+        "augment": config.get("augment", "none"),
+        "augment_shift": config.get("augment_shift"),
         "seeds": seeds,
         "epochs_dense_sparse": list(epochs),
         "test_size": 5000,
@@ -122,7 +156,8 @@ def main() -> None:
             "rows": rows,
             "note": (f"{len(seeds)} seeds, {epochs[0]} epochs, checkpoints selected on "
                      "validation; noise score = correct test predictions summed over "
-                     "p = 0, 0.05, ..., 0.5."),
+                     "p = 0, 0.05, ..., 0.5; augmentation (if any) on training batches "
+                     "only, the same for both networks."),
         }},
     })
 

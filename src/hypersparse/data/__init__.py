@@ -43,3 +43,10 @@ from .cluttered import (  # noqa: E402
 __all__ += ["ClutteredBatches", "ClutteredImages", "clutter", "cluttered_set"]
 __all__ += ["default_distractors"]
 from .sequences import DigitSequences, digit_sequences, sequence_images  # noqa: F401,E402
+from .augment import (  # noqa: F401,E402
+    AUGMENTATIONS,
+    AugmentedBatches,
+    augmentation,
+    random_affine,
+    random_shift,
+)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import digits
+from ..data import AUGMENTATIONS, AugmentedBatches, augmentation, digits
 from ..run import RunContext
 from ..train import TensorBatches, TrainConfig
 from .base import Experiment, register_experiment
@@ -127,6 +127,11 @@ class NoiseConfig:
     forum_levels: tuple[float, ...] = FORUM_LEVELS
     eval_batch_size: int = 1000
     eval_limit: int = 0  # evaluate on the first N val/test images only (smoke tests); 0 = all
+    # Training-batch augmentation, the same for every network (never applied to val/test or
+    # the noise evaluation): "none" (default), "shift" (random translation by up to
+    # augment_shift pixels, zero fill) or "affine" (+ rotation <= 10 deg, scale 0.9-1.1).
+    augment: Literal["none", "shift", "affine"] = "none"
+    augment_shift: int = 2
 
     def __post_init__(self) -> None:
         for n in self.networks:
@@ -135,6 +140,11 @@ class NoiseConfig:
         for n in self.forum_networks:
             if n not in FORUM_NETWORKS:
                 raise ValueError(f"unknown forum network {n!r}; valid: {', '.join(FORUM_NETWORKS)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(
+                f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
+        if self.augment_shift < 0:
+            raise ValueError(f"augment_shift must be >= 0, got {self.augment_shift}")
         if self.eval_limit < 0:
             raise ValueError(f"eval_limit must be >= 0, got {self.eval_limit}")
         if self.first_epoch_batch_size < 0:
@@ -199,7 +209,7 @@ class NoiseExperiment(Experiment):
             model = self._model(config, ctx, name)
             seconds = 0.0
             for stage, tc in _stages(config, name):
-                source = TensorBatches((tx, ty), tc.batch_size, seed=config.seed)
+                source = _training_batches(config, tx, ty, tc.batch_size, stage)
                 result = ctx.fit(model, classification_loss, source, config=tc, stage=stage,
                                  validate=validate, select="val_accuracy", mode="max")
                 seconds += result.train_seconds
@@ -266,6 +276,20 @@ class NoiseExperiment(Experiment):
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
             ctx.save_figure(fig, fname)
+
+
+def _training_batches(
+    config: NoiseConfig, tx: Tensor, ty: Tensor, batch_size: int, stage: str
+) -> TensorBatches | AugmentedBatches:
+    """The training batches of one stage: the same order for every network (``config.seed``),
+    augmented with ``config.augment`` from a generator seeded by ``(seed, stage)``."""
+    source = TensorBatches((tx, ty), batch_size, seed=config.seed)
+    transform = augmentation(config.augment, max_shift=config.augment_shift)
+    if transform is None:
+        return source
+    from ..train import derive_seed
+
+    return AugmentedBatches(source, transform, seed=derive_seed(config.seed, "augment", stage))
 
 
 def _nonzero_weights(model: nn.Module) -> int:
