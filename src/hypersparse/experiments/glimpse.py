@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..data import ClutteredBatches, ClutteredImages, cluttered_set, default_distractors, digits
 from ..functional.glimpse import sample_boxes
 from ..nn.glimpse import Glimpse, box_source
+from ..nn.hyper import SigmaAnnealing, set_sigma_gain
 from ..run import RunContext
 from ..train import TrainConfig, make_optimizer
 from .base import Experiment, register_experiment
@@ -48,6 +49,11 @@ class GlimpseConfig:
     local_samples: int = 4
     sigma_scale: float = 0.01
     init_extent: float = 0.9
+    extent: tuple[float, float] = (0.0, 1.0)  # bounds of the box extent (fraction of the image)
+    source: Literal["dense", "spatial"] = "dense"  # box regressor or heat-map soft-argmax
+    sigma_start: float = 1.0  # sigma_gain at step 0 (hyperlayer glimpse only)
+    sigma_end: float = 1.0  # sigma_gain after anneal_epochs (geometric)
+    anneal_epochs: float = 0.0
     source_lr: float = 1.0  # learning-rate multiplier of the box source (and sigmas)
     cnn: bool = True
     stn: bool = True
@@ -146,7 +152,8 @@ def plain_cnn(canvas: int, channels: tuple[int, ...] = (32, 64, 64, 128)) -> nn.
 
 def _source_kwargs(config: GlimpseConfig) -> dict[str, Any]:
     return {"downsample": config.downsample, "pool": config.pool,
-            "init_extent": config.init_extent}
+            "init_extent": config.init_extent, "extent": tuple(config.extent),
+            "kind": config.source}
 
 
 def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
@@ -162,6 +169,7 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
             **_source_kwargs(config))
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
+        set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step
         model: nn.Module = GlimpseNet(sampler, head)
     elif kind == "stn":
         model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
@@ -272,9 +280,14 @@ class GlimpseExperiment(Experiment):
         models, seconds = {}, {}
         for stage in self._stages(config):
             model = build(config, stage, ctx.device)
+            callbacks = []
+            if stage == "glimpse" and config.sigma_start != config.sigma_end:
+                steps = max(1, round(config.anneal_epochs * len(train)))
+                anneal = SigmaAnnealing(steps, end=config.sigma_end, start=config.sigma_start)
+                callbacks.append(anneal)
             result = ctx.fit(model, classification_loss, train, config=config.train,
                              stage=stage, validate=validate, select="val_error", mode="min",
-                             optimizer=_optimizer(model, config))
+                             optimizer=_optimizer(model, config), callbacks=callbacks)
             models[stage] = model
             seconds[stage] = result.train_seconds / max(result.epochs_done, 1e-9)
         summary = self.evaluate(config, ctx, models)
