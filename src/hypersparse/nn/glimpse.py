@@ -87,10 +87,10 @@ class BoundExtent(nn.Module):
 
     def forward(self, raw: Tensor) -> Tensor:
         b = raw.shape[0]
-        r = raw.view(b, -1, 4)  # (B, G, 4)
+        r = raw.reshape(b, raw.shape[1] // 4, 4)  # (B, G, 4)
         frac = self.lo + (self.hi - self.lo) * torch.sigmoid(r[..., 2:])  # (B, G, 2)
         frac = frac.clamp(1e-6, 1 - 1e-6)
-        return torch.cat([r[..., :2], torch.logit(frac)], -1).reshape(b, -1)  # (B, 4G)
+        return torch.cat([r[..., :2], torch.logit(frac)], -1).reshape(raw.shape)  # (B, 4G)
 
     def extra_repr(self) -> str:
         return f"lo={self.lo}, hi={self.hi}"
@@ -161,7 +161,7 @@ class SoftArgmaxBoxes(nn.Module):
         free = (span - ext).clamp(min=1e-6)
         u = (self.centres(f) - ext / 2) / free  # (B, G, 2): corner fraction of the free range
         u = u + (u.clamp(1e-4, 1 - 1e-4) - u).detach()  # straight-through clamp
-        return torch.cat([torch.logit(u), torch.logit(frac)], -1).reshape(b, -1)  # (B, 4G)
+        return torch.cat([torch.logit(u), torch.logit(frac)], -1).reshape(b, 4 * self.glimpses)
 
     def extra_repr(self) -> str:
         return (f"glimpses={self.glimpses}, image={self.image}, stride={self.stride}, "
