@@ -48,12 +48,18 @@ class GlimpseConfig:
     global_samples: int = 2
     local_samples: int = 4
     sigma_scale: float = 0.01
-    init_extent: float = 0.9
-    extent: tuple[float, float] = (0.0, 1.0)  # bounds of the box extent (fraction of the image)
-    source: Literal["dense", "spatial"] = "dense"  # box regressor or heat-map soft-argmax
-    sigma_start: float = 1.0  # sigma_gain at step 0 (hyperlayer glimpse only)
-    sigma_end: float = 1.0  # sigma_gain after anneal_epochs (geometric)
-    anneal_epochs: float = 0.0
+    # the box: extent within ``extent`` (fractions of the image; 0.4-0.6 of 60 is 24-35 px,
+    # about a 28 px digit), starting at init_extent; ``source``: heat-map soft-argmax
+    # ("spatial") or the flatten + linear box regressor ("dense")
+    init_extent: float = 0.47
+    extent: tuple[float, float] = (0.4, 0.6)
+    source: Literal["dense", "spatial"] = "spatial"
+    # sigma_gain of the hyperlayer glimpse, annealed geometrically from sigma_start to sigma_end
+    # over anneal_epochs (None: the whole training), so that training reads nearly what eval's
+    # nearest pixel reads
+    sigma_start: float = 1.0
+    sigma_end: float = 0.1
+    anneal_epochs: float | None = None
     source_lr: float = 1.0  # learning-rate multiplier of the box source (and sigmas)
     cnn: bool = True
     stn: bool = True
@@ -245,9 +251,13 @@ class GlimpseExperiment(Experiment):
     Config = GlimpseConfig
     presets = {
         "full": {"canvas": 100, "distractors": 8, "glimpses": 1, "size": 32,
+                 "extent": (0.25, 0.4), "init_extent": 0.3,
                  "train.epochs": 30, "train.schedule": "cosine"},
         "full8": {"canvas": 100, "distractors": 8, "glimpses": 8, "size": 12,
+                  "extent": (0.1, 0.3), "init_extent": 0.2,
                   "train.epochs": 30, "train.schedule": "cosine"},
+        # the 60x60 recipe measured in docs/glimpse.md
+        "c60": {"train.epochs": 20, "train.schedule": "cosine"},
     }
 
     def _sets(self, config: GlimpseConfig) -> dict[str, ClutteredImages]:
@@ -282,7 +292,10 @@ class GlimpseExperiment(Experiment):
             model = build(config, stage, ctx.device)
             callbacks = []
             if stage == "glimpse" and config.sigma_start != config.sigma_end:
-                steps = max(1, round(config.anneal_epochs * len(train)))
+                total = config.train.max_steps or config.train.epochs * len(train)
+                steps = total if config.anneal_epochs is None else round(
+                    config.anneal_epochs * len(train))
+                steps = max(1, steps)
                 anneal = SigmaAnnealing(steps, end=config.sigma_end, start=config.sigma_start)
                 callbacks.append(anneal)
             result = ctx.fit(model, classification_loss, train, config=config.train,
