@@ -251,10 +251,10 @@ class GlimpseExperiment(Experiment):
     Config = GlimpseConfig
     presets = {
         "full": {"canvas": 100, "distractors": 8, "glimpses": 1, "size": 32,
-                 "extent": (0.25, 0.4), "init_extent": 0.3,
+                 "extent": (0.25, 0.4), "init_extent": 0.3, "sigma_scale": 0.006,
                  "train.epochs": 30, "train.schedule": "cosine"},
         "full8": {"canvas": 100, "distractors": 8, "glimpses": 8, "size": 12,
-                  "extent": (0.1, 0.3), "init_extent": 0.2,
+                  "extent": (0.1, 0.3), "init_extent": 0.2, "sigma_scale": 0.006,
                   "train.epochs": 30, "train.schedule": "cosine"},
         # the 60x60 recipe measured in docs/glimpse.md
         "c60": {"train.epochs": 20, "train.schedule": "cosine"},
