@@ -52,7 +52,9 @@ def test_bound_extent_keeps_boxes_in_bounds(lo: float, width: float, h: int, w: 
     boxes = glimpse_boxes(bounded.view(1, 2, 4), (h, w))
     ext = boxes[..., 2:] - boxes[..., :2]
     span = torch.tensor([h - 1, w - 1], dtype=torch.float64)
-    assert bool((ext >= lo * span - 1e-6).all()) and bool((ext <= hi * span + 1e-6).all())
+    # fractions are kept in [1e-6, 1 - 1e-6] so that their logits stay finite
+    flo, fhi = min(lo, 1 - 1e-6), max(hi, 1e-6)
+    assert bool((ext >= flo * span - 1e-6).all()) and bool((ext <= fhi * span + 1e-6).all())
     assert bool((boxes[..., :2] >= 0).all())
     assert bool((boxes[..., 2] <= h - 1 + 1e-9).all())
     assert bool((boxes[..., 3] <= w - 1 + 1e-9).all())

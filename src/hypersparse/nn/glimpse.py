@@ -70,7 +70,8 @@ class BoundExtent(nn.Module):
 
     Maps raw ``(cy, cx, sh, sw)`` (as read by :func:`~hypersparse.functional.glimpse_boxes`,
     whose extent is ``sigmoid(sh) (H - 1)``) to ``(cy, cx, logit(lo + (hi - lo) sigmoid(sh)),
-    ...)``, so the extent fraction is ``lo + (hi - lo) sigmoid(sh)``; ``lo == hi`` fixes it.
+    ...)``, so the extent fraction is ``lo + (hi - lo) sigmoid(sh)`` (kept in ``[1e-6, 1 - 1e-6]``
+    so that its logit is finite); ``lo == hi`` fixes it.
 
     Shape:
         input: (B, 4 G); output: (B, 4 G).
