@@ -47,3 +47,31 @@ def test_models_and_iou() -> None:
     b = torch.tensor([[0.0, 0.0, 27.0, 27.0], [0.0, 0.0, 13.0, 27.0]])
     t = torch.tensor([[0, 0, 27, 27], [0, 0, 27, 27]])
     torch.testing.assert_close(box_iou(b, t), torch.tensor([1.0, 0.5]))
+
+
+def test_sources_build() -> None:
+    x = torch.rand(2, 1, 40, 40)
+    for source, extent in (("dense", (0.0, 1.0)), ("dense", (0.3, 0.5)), ("spatial", (0.3, 0.5))):
+        cfg = GlimpseConfig(canvas=40, size=8, downsample=2, cnn_channels=(4, 4), head_width=4,
+                            source=source, extent=extent, init_extent=0.4)  # type: ignore[arg-type]
+        for kind in ("glimpse", "stn"):
+            model = build(cfg, kind, torch.device("cpu")).eval()
+            boxes = model.sampler.boxes(x)  # type: ignore[operator]
+            ext = (boxes[..., 2:] - boxes[..., :2]) / 39
+            assert bool((ext >= extent[0] - 1e-5).all()) and bool((ext <= extent[1] + 1e-5).all())
+
+
+def test_sigma_annealing_in_run(tmp_path: Path, mnist_available: bool) -> None:
+    from hypersparse.io import load_checkpoint
+    from hypersparse.run import run_experiment
+
+    out = run_experiment(
+        "glimpse",
+        ["train.max_steps=4", "train.batch_size=8", "canvas=36", "size=8", "downsample=2",
+         "eval_digits=20", "eval_batch=20", "head_width=4", "cnn=false", "stn=false",
+         "sigma_start=2.0", "sigma_end=0.5", "anneal_epochs=null"],
+        out=tmp_path / "r", progress=False, device="cpu",
+    )
+    state = load_checkpoint(out / "checkpoints" / "glimpse" / "last.pt", torch.device("cpu"))
+    gain = state["model"]["sampler.sigma_gain"]
+    assert float(gain) == pytest.approx(0.5)  # annealed over all 4 steps

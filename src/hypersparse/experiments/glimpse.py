@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..data import ClutteredBatches, ClutteredImages, cluttered_set, default_distractors, digits
 from ..functional.glimpse import sample_boxes
 from ..nn.glimpse import Glimpse, box_source
+from ..nn.hyper import SigmaAnnealing, set_sigma_gain
 from ..run import RunContext
 from ..train import TrainConfig, make_optimizer
 from .base import Experiment, register_experiment
@@ -47,7 +48,18 @@ class GlimpseConfig:
     global_samples: int = 2
     local_samples: int = 4
     sigma_scale: float = 0.01
-    init_extent: float = 0.9
+    # the box: extent within ``extent`` (fractions of the image; 0.4-0.6 of 60 is 24-35 px,
+    # about a 28 px digit), starting at init_extent; ``source``: heat-map soft-argmax
+    # ("spatial") or the flatten + linear box regressor ("dense")
+    init_extent: float = 0.47
+    extent: tuple[float, float] = (0.4, 0.6)
+    source: Literal["dense", "spatial"] = "spatial"
+    # sigma_gain of the hyperlayer glimpse, annealed geometrically from sigma_start to sigma_end
+    # over anneal_epochs (None: the whole training), so that training reads nearly what eval's
+    # nearest pixel reads
+    sigma_start: float = 1.0
+    sigma_end: float = 0.1
+    anneal_epochs: float | None = None
     source_lr: float = 1.0  # learning-rate multiplier of the box source (and sigmas)
     cnn: bool = True
     stn: bool = True
@@ -146,7 +158,8 @@ def plain_cnn(canvas: int, channels: tuple[int, ...] = (32, 64, 64, 128)) -> nn.
 
 def _source_kwargs(config: GlimpseConfig) -> dict[str, Any]:
     return {"downsample": config.downsample, "pool": config.pool,
-            "init_extent": config.init_extent}
+            "init_extent": config.init_extent, "extent": tuple(config.extent),
+            "kind": config.source}
 
 
 def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
@@ -162,6 +175,7 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
             **_source_kwargs(config))
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
+        set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step
         model: nn.Module = GlimpseNet(sampler, head)
     elif kind == "stn":
         model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
@@ -237,9 +251,13 @@ class GlimpseExperiment(Experiment):
     Config = GlimpseConfig
     presets = {
         "full": {"canvas": 100, "distractors": 8, "glimpses": 1, "size": 32,
+                 "extent": (0.25, 0.4), "init_extent": 0.3, "sigma_scale": 0.006,
                  "train.epochs": 30, "train.schedule": "cosine"},
         "full8": {"canvas": 100, "distractors": 8, "glimpses": 8, "size": 12,
+                  "extent": (0.1, 0.3), "init_extent": 0.2, "sigma_scale": 0.006,
                   "train.epochs": 30, "train.schedule": "cosine"},
+        # the 60x60 recipe measured in docs/glimpse.md
+        "c60": {"train.epochs": 20, "train.schedule": "cosine"},
     }
 
     def _sets(self, config: GlimpseConfig) -> dict[str, ClutteredImages]:
@@ -272,9 +290,17 @@ class GlimpseExperiment(Experiment):
         models, seconds = {}, {}
         for stage in self._stages(config):
             model = build(config, stage, ctx.device)
+            callbacks = []
+            if stage == "glimpse" and config.sigma_start != config.sigma_end:
+                total = config.train.max_steps or config.train.epochs * len(train)
+                steps = total if config.anneal_epochs is None else round(
+                    config.anneal_epochs * len(train))
+                steps = max(1, steps)
+                anneal = SigmaAnnealing(steps, end=config.sigma_end, start=config.sigma_start)
+                callbacks.append(anneal)
             result = ctx.fit(model, classification_loss, train, config=config.train,
                              stage=stage, validate=validate, select="val_error", mode="min",
-                             optimizer=_optimizer(model, config))
+                             optimizer=_optimizer(model, config), callbacks=callbacks)
             models[stage] = model
             seconds[stage] = result.train_seconds / max(result.epochs_done, 1e-9)
         summary = self.evaluate(config, ctx, models)

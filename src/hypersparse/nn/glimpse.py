@@ -26,7 +26,7 @@ from ..functional.glimpse import (
 from ..functional.hyper import bound_sigmas
 from .hyper import Connections, HyperLayer
 
-__all__ = ["Glimpse", "Subsample", "box_source"]
+__all__ = ["BoundExtent", "Glimpse", "SoftArgmaxBoxes", "Subsample", "box_source"]
 
 
 class Subsample(nn.Module):
@@ -51,6 +51,124 @@ class Subsample(nn.Module):
         return f"factor={self.factor}"
 
 
+def _check_extent(extent: Sequence[float], init_extent: float) -> tuple[float, float]:
+    ext = tuple(float(e) for e in extent)
+    if len(ext) != 2 or not 0 <= ext[0] <= ext[1] <= 1 or ext[1] == 0 or ext[0] == 1:
+        raise ValueError(f"extent must be (lo, hi) with 0 <= lo <= hi <= 1, hi > 0, lo < 1; "
+                         f"got {tuple(extent)}")
+    if not 0 < init_extent < 1 or not ext[0] <= init_extent <= ext[1]:
+        raise ValueError(f"init_extent must be in (0, 1) and in extent {ext}, got {init_extent}")
+    return ext[0], ext[1]
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class BoundExtent(nn.Module):
+    """Keep the extents of raw boxes within ``[lo, hi]`` of the image.
+
+    Maps raw ``(cy, cx, sh, sw)`` (as read by :func:`~hypersparse.functional.glimpse_boxes`,
+    whose extent is ``sigmoid(sh) (H - 1)``) to ``(cy, cx, logit(lo + (hi - lo) sigmoid(sh)),
+    ...)``, so the extent fraction is ``lo + (hi - lo) sigmoid(sh)`` (kept in ``[1e-6, 1 - 1e-6]``
+    so that its logit is finite); ``lo == hi`` fixes it.
+
+    Shape:
+        input: (B, 4 G); output: (B, 4 G).
+
+    Example:
+        >>> BoundExtent(0.25, 0.25)(torch.zeros(1, 4)).sigmoid()[0, 2:].tolist()
+        [0.25, 0.25]
+    """
+
+    def __init__(self, lo: float, hi: float) -> None:
+        super().__init__()
+        _check_extent((lo, hi), (lo + hi) / 2 if 0 < lo + hi < 2 else 0.5)
+        self.lo, self.hi = float(lo), float(hi)
+
+    def forward(self, raw: Tensor) -> Tensor:
+        b = raw.shape[0]
+        r = raw.reshape(b, raw.shape[1] // 4, 4)  # (B, G, 4)
+        frac = self.lo + (self.hi - self.lo) * torch.sigmoid(r[..., 2:])  # (B, G, 2)
+        frac = frac.clamp(1e-6, 1 - 1e-6)
+        return torch.cat([r[..., :2], torch.logit(frac)], -1).reshape(raw.shape)  # (B, 4G)
+
+    def extra_repr(self) -> str:
+        return f"lo={self.lo}, hi={self.hi}"
+
+
+class SoftArgmaxBoxes(nn.Module):
+    """Boxes from feature maps: a heat map per glimpse, its soft-argmax as the box centre.
+
+    A 1x1 convolution turns (B, C, h, w) features into G heat maps; the softmax-weighted mean
+    position of each (in image index coordinates, cell ``(i, j)`` at ``(offset + i stride,
+    offset + j stride)``) is the box centre. The extent fraction is ``lo + (hi - lo)
+    sigmoid(z)``, ``z`` a linear function of the features' spatial mean and max (starting at
+    ``init_extent``). The output is raw ``(cy, cx, sh, sw)`` for
+    :func:`~hypersparse.functional.glimpse_boxes` with that centre and extent; a centre too close
+    to the border for the box is clamped (the box touches the border) with a straight-through
+    gradient. Unlike a flatten + linear regressor this is translation-equivariant: a detector
+    that fires on the digit anywhere puts the box on it.
+
+    Args:
+        channels: C of the features.
+        glimpses: G.
+        image: (H, W) of the image the boxes index.
+        stride, offset: where feature cell (i, j) lies in the image.
+        extent: (lo, hi) bounds of the extent fraction; init_extent: its initial value.
+
+    Shape:
+        input: (B, C, h, w); output: (B, 4 G).
+
+    Example:
+        >>> head = SoftArgmaxBoxes(3, 1, (11, 11), stride=2, extent=(0.4, 0.4), init_extent=0.4)
+        >>> glimpse_boxes(head(torch.zeros(1, 3, 6, 6)).view(1, 1, 4), (11, 11)).tolist()
+        [[[3.0, 3.0, 7.0, 7.0]]]
+    """
+
+    def __init__(self, channels: int, glimpses: int, image: Sequence[int], *, stride: int = 1,
+                 offset: float = 0.0, extent: Sequence[float] = (0.0, 1.0),
+                 init_extent: float = 0.5, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.lo, self.hi = _check_extent(extent, init_extent)
+        h, w = (int(s) for s in image)
+        self.image, self.stride, self.offset, self.glimpses = (h, w), stride, offset, glimpses
+        self.heat = nn.Conv2d(channels, glimpses, 1, **factory)
+        self.extent = nn.Linear(2 * channels, 2 * glimpses, **factory)
+        with torch.no_grad():
+            self.extent.weight.zero_()
+            width = self.hi - self.lo
+            u = 0.5 if width == 0 else min(max((init_extent - self.lo) / width, 1e-3), 1 - 1e-3)
+            self.extent.bias.fill_(_logit(u))
+
+    def centres(self, f: Tensor) -> Tensor:
+        """Soft-argmax positions (B, G, 2) as (row, col) in image index coordinates."""
+        b, _, h, w = f.shape
+        p = torch.softmax(self.heat(f).flatten(2), -1).view(b, self.glimpses, h, w)  # (B,G,h,w)
+        rows = self.offset + self.stride * torch.arange(h, dtype=f.dtype, device=f.device)
+        cols = self.offset + self.stride * torch.arange(w, dtype=f.dtype, device=f.device)
+        return torch.stack([(p.sum(-1) * rows).sum(-1), (p.sum(-2) * cols).sum(-1)], -1)
+
+    def forward(self, f: Tensor) -> Tensor:
+        b = f.shape[0]
+        pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)  # (B, 2C)
+        z = self.extent(pooled).view(b, self.glimpses, 2)  # (B, G, 2)
+        frac = (self.lo + (self.hi - self.lo) * torch.sigmoid(z)).clamp(1e-4, 1 - 1e-4)
+        span = torch.tensor([self.image[0] - 1, self.image[1] - 1], dtype=f.dtype,
+                            device=f.device)
+        ext = frac * span  # (B, G, 2)
+        free = (span - ext).clamp(min=1e-6)
+        u = (self.centres(f) - ext / 2) / free  # (B, G, 2): corner fraction of the free range
+        u = u + (u.clamp(1e-4, 1 - 1e-4) - u).detach()  # straight-through clamp
+        return torch.cat([torch.logit(u), torch.logit(frac)], -1).reshape(b, 4 * self.glimpses)
+
+    def extra_repr(self) -> str:
+        return (f"glimpses={self.glimpses}, image={self.image}, stride={self.stride}, "
+                f"offset={self.offset}, extent=({self.lo}, {self.hi})")
+
+
 def box_source(
     in_shape: Sequence[int],
     glimpses: int = 1,
@@ -60,29 +178,48 @@ def box_source(
     channels: Sequence[int] = (16, 32),
     hidden: int = 64,
     init_extent: float = 0.9,
+    extent: Sequence[float] = (0.0, 1.0),
+    kind: Literal["dense", "spatial"] = "dense",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Sequential:
     """The default hypernetwork of :class:`Glimpse`: image -> raw boxes ``(cy, cx, sh, sw)``.
 
-    ``Subsample(downsample)`` (or ``AvgPool2d``) -> [Conv5x5 -> ReLU -> MaxPool2] per entry of
-    ``channels`` -> Linear(hidden) -> ReLU -> Linear(4 * glimpses). The last layer starts with
-    zero weights and a bias giving boxes of ``init_extent`` times the image, centred for one
-    glimpse, at random positions (torch RNG, ``generator``) for several.
+    ``kind="dense"``: ``Subsample(downsample)`` (or ``AvgPool2d``) -> [Conv5x5 -> ReLU ->
+    MaxPool2] per entry of ``channels`` -> Linear(hidden) -> ReLU -> Linear(4 * glimpses)
+    (-> :class:`BoundExtent` unless ``extent == (0, 1)``). The last layer starts with zero
+    weights and a bias giving boxes of ``init_extent`` times the image, centred for one glimpse,
+    at random positions (torch RNG, ``generator``) for several.
+
+    ``kind="spatial"``: the same subsampling -> [Conv5x5 -> ReLU] per entry of ``channels`` (no
+    pooling) -> :class:`SoftArgmaxBoxes` (a heat map per glimpse; its soft-argmax is the box
+    centre; the extent from pooled features, within ``extent``).
+
+    Args:
+        extent: (lo, hi): the box extent, as a fraction of the image, stays in this range.
 
     Shape:
         input: (B, C, H, W); output: (B, 4 * glimpses).
     """
     c, h, w = (int(s) for s in in_shape)
-    if not 0 < init_extent < 1:
-        raise ValueError(f"init_extent must be in (0, 1), got {init_extent}")
+    lo, hi = _check_extent(extent, init_extent)
     if pool not in ("stride", "avg"):
         raise ValueError(f"pool must be 'stride' or 'avg', got {pool!r}")
+    if kind not in ("dense", "spatial"):
+        raise ValueError(f"kind must be 'dense' or 'spatial', got {kind!r}")
     factory: dict[str, Any] = {"device": device, "dtype": dtype}
     layers: list[nn.Module] = [
         Subsample(downsample) if pool == "stride" else nn.AvgPool2d(downsample, ceil_mode=True)
     ]
+    if kind == "spatial":
+        for ch in channels:
+            layers += [nn.Conv2d(c, ch, 5, padding=2, **factory), nn.ReLU()]
+            c = ch
+        offset = 0.0 if pool == "stride" else (downsample - 1) / 2
+        layers.append(SoftArgmaxBoxes(c, glimpses, (h, w), stride=downsample, offset=offset,
+                                      extent=(lo, hi), init_extent=init_extent, **factory))
+        return nn.Sequential(*layers)
     h, w = math.ceil(h / downsample), math.ceil(w / downsample)
     for ch in channels:
         layers += [nn.Conv2d(c, ch, 5, padding=2, **factory), nn.ReLU(), nn.MaxPool2d(2)]
@@ -91,16 +228,21 @@ def box_source(
         raise ValueError(f"in_shape {tuple(in_shape)} is too small for downsample={downsample} "
                          f"and {len(channels)} pooling stages")
     last = nn.Linear(hidden, 4 * glimpses, **factory)
+    bounded = (lo, hi) != (0.0, 1.0)
+    width = hi - lo
+    u = 0.5 if width == 0 else min(max((init_extent - lo) / width, 1e-3), 1 - 1e-3)
     with torch.no_grad():
         last.weight.zero_()
         bias = last.bias.view(glimpses, 4)  # (G, 4)
-        bias[:, 2:] = math.log(init_extent / (1 - init_extent))
+        bias[:, 2:] = _logit(u) if bounded else _logit(init_extent)
         if glimpses > 1:
-            u = torch.rand(glimpses, 2, generator=generator, dtype=torch.float64)
-            bias[:, :2] = torch.logit(u.clamp(0.1, 0.9)).to(bias.dtype)
+            g = torch.rand(glimpses, 2, generator=generator, dtype=torch.float64)
+            bias[:, :2] = torch.logit(g.clamp(0.1, 0.9)).to(bias.dtype)
         else:
             bias[:, :2] = 0.0
     layers += [nn.Flatten(), nn.Linear(c * h * w, hidden, **factory), nn.ReLU(), last]
+    if bounded:
+        layers.append(BoundExtent(lo, hi))
     return nn.Sequential(*layers)
 
 
@@ -203,9 +345,10 @@ class Glimpse(HyperLayer):
         return glimpse_boxes(raw.view(x.shape[0], self.glimpses, 4), self.in_shape[1:])  # (B,G,4)
 
     def sigmas(self) -> Tensor:
-        """Per-glimpse standard deviations over (row, col), shape (G, 2)."""
+        """Per-glimpse standard deviations over (row, col), shape (G, 2), times the
+        ``sigma_gain`` buffer (see :class:`~hypersparse.nn.SigmaAnnealing`)."""
         return bound_sigmas(self.raw_sigmas, self.in_shape[1:], sigma_scale=self.sigma_scale,
-                            min_sigma=self.min_sigma)
+                            min_sigma=self.min_sigma) * self.sigma_gain  # (G, 2)
 
     def hyper(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         raise NotImplementedError("Glimpse computes its means in index space; see tuples()")
