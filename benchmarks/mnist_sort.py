@@ -117,6 +117,17 @@ def _eval_cost(n: int, sequences: int, batch: int) -> dict[str, Any]:
     return {"n": n, "sequences": sequences, "eval_batch": batch, "seconds": t["median_s"]}
 
 
+def profile_eval(n: int, sequences: int) -> None:
+    """Only the evaluation batching comparison (``profile.evaluation_batching``)."""
+    torch.set_num_threads(1)
+    rows = [_eval_cost(n, sequences, b) for b in (500, 16)]
+    for e in rows:
+        print("eval", e)
+    data = _load()
+    data.setdefault("profile", {})["evaluation_batching"] = rows
+    write_results(TOPIC, data)
+
+
 def profile(ns: list[int], batch: int, repeats: int) -> None:
     torch.set_num_threads(1)
     steps = [_step_parts(m, n, batch, repeats) for n in ns for m in METHODS]
@@ -230,10 +241,14 @@ def main() -> int:
     p.add_argument("--n", type=int, nargs="+", default=[3, 5, 15])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--eval-only", action="store_true",
+                   help="only compare evaluation batch sizes (500 vs 16 sequences) at n[0]")
     c = sub.add_parser("collect", help="gather run summaries into results/mnist_sort.json")
     c.add_argument("dirs", type=Path, nargs="+")
     args = parser.parse_args()
-    if args.cmd == "profile":
+    if args.cmd == "profile" and args.eval_only:
+        profile_eval(args.n[0], 500)
+    elif args.cmd == "profile":
         profile(args.n, args.batch, args.repeats)
     else:
         collect(args.dirs)

@@ -74,5 +74,8 @@ def test_defaults_validate_every_epoch_and_presets_resolve():
     full, preset = resolve_config(MnistSort, ["preset=full"])
     assert preset == "full" and full.train.lr == 1e-4
     assert full.train.epochs * full.train_batches_per_epoch == 20000
+    cpu, _ = resolve_config(MnistSort, ["preset=cpu4k", "method=neuralsort"])
+    assert cpu.train.epochs * cpu.train_batches_per_epoch == 4000 and cpu.method == "neuralsort"
+    assert cpu.train.schedule == "cosine" and cpu.train.lr == 3e-3 and cpu.val_sequences == 1000
     with pytest.raises(ValueError, match="preset"):
         resolve_config(MnistSort, ["preset=nope"])
