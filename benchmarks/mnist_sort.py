@@ -214,7 +214,7 @@ def collect(paths: list[Path]) -> None:
 
 
 def _fmt(mean: float, std: float, k: int) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if k > 1 else f"{mean:.3f}"
+    return f"{mean:.3f} ± {std:.3f}" if k > 1 else f"{mean:.4f}"
 
 
 def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
