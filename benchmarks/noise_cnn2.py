@@ -86,11 +86,12 @@ def _augment(config: dict[str, Any]) -> str:
 
 
 def _sparse_recipe(config: dict[str, Any]) -> str:
-    """The sparse net's small-batch phase, when it differs from the paper's single epoch."""
+    """The sparse net's small-batch phase (runs before the field existed had 1 epoch)."""
     n = config.get("sparse_first_epochs", 1)
     lr = config.get("sparse_first_lr", 0.0)
-    parts = [f"{n} batch-{config.get('first_epoch_batch_size', 4)} epochs"] if n != 1 else []
-    if lr:
+    bs = config.get("first_epoch_batch_size", 4)
+    parts = [f"{n} batch-{bs} epoch{'s' if n != 1 else ''}"] if bs else []
+    if lr and bs:
         parts.append(f"lr {lr:g} in them")
     return "".join(f", {p}" for p in parts)
 
