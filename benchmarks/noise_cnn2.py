@@ -181,7 +181,8 @@ def main() -> None:
             "note": (f"{len(seeds)} seeds, {epochs[0]} epochs, checkpoints selected on "
                      "validation; noise score = correct test predictions summed over "
                      "p = 0, 0.05, ..., 0.5; augmentation (if any) on training batches "
-                     "only, the same for both networks."),
+                     "only: the same transform and batch order for both networks, offsets "
+                     "drawn per network."),
         }},
     })
 

@@ -45,6 +45,7 @@ def both_paths(pts: torch.Tensor, keep: torch.Tensor | None, means: torch.Tensor
     for min_pairs, err in ((2**62, 1e-8), (0, float("inf"))):
         monkeypatch.setattr(H, "GEMM_MIN_PAIRS", min_pairs)
         monkeypatch.setattr(H, "GEMM_EXPONENT_ERROR", err)
+        monkeypatch.setattr(H, "GEMM_F32_BOUND", err if err == float("inf") else 256.0)
         m, s, v = (t.clone().requires_grad_() for t in (means, sig, vals))
         w = point_weights(pts, keep, m, s, v, learn)
         res = [w.detach()]
@@ -81,6 +82,24 @@ def test_gemm_weights_float32_and_every_tuple_spreads_its_value(
     torch.testing.assert_close(gemm[0].sum(), vals.sum(), atol=1e-4, rtol=1e-5)
 
 
+def test_float32_gradients_accurate_at_narrow_sigma() -> None:
+    # float32 layers take the GEMM path only while its saved float32 exp matrix keeps the
+    # deviations' gradient accurate: compare the default dispatch against a float64 reference
+    for sigma in (20.0, 1.5):  # cells: the GEMM path, then the column path
+        pts, keep, means, sig, vals = context([256, 256], 96, (), 0.05, 3)
+        sig = sig * 0 + sigma
+        grad = torch.randn(pts.shape[:-1], dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(0))
+        got, ref = [], []
+        for dtype, out in ((torch.float32, got), (torch.float64, ref)):
+            m, s, v = (t.to(dtype).requires_grad_() for t in (means, sig, vals))
+            w = point_weights(pts, keep, m, s, v, [0, 1])
+            out += [w.detach(), *torch.autograd.grad(w, [m, s, v], grad.to(dtype))]
+        for a, b in zip(got, ref):
+            err = float((a.double() - b).abs().max() / b.abs().max())
+            assert err < 1e-4, (sigma, err)
+
+
 def test_gemm_gradcheck(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(H, "GEMM_MIN_PAIRS", 0)
     pts, keep, means, sig, vals = context([7, 9], 4, (2,), 0.2, 5)
@@ -110,12 +129,20 @@ def test_gemm_path_is_taken_only_where_accurate(monkeypatch: pytest.MonkeyPatch)
     real = H._gemm_weights
     monkeypatch.setattr(H, "_gemm_weights", lambda *a: calls.append(1) or real(*a))
     pts, keep, means, sig, vals = context([300, 300], 300, (), 0.05, 1, dtype=torch.float32)
+    sig = torch.full_like(sig, 20.0)
     point_weights(pts, keep, means, sig, vals, [0, 1])
     assert calls == [1]  # 300 x 3600 pairs, wide sigma: the GEMM
     point_weights(pts, keep, means, torch.full_like(sig, 1e-4), vals, [0, 1])
     assert calls == [1]  # sigma 1e-4 on a range of 300: float64 expansion too coarse
     point_weights(pts[:10], keep[:10], means[:5], sig[:5], vals[:5], [0, 1])
     assert calls == [1]  # a small context: the column path
+    narrow = torch.full_like(sig, 2.0)  # 2 cells on a range of 300
+    point_weights(pts, keep, means, narrow, vals, [0, 1])
+    assert calls == [1]  # float32: the saved exp matrix would cost gradient accuracy
+    point_weights(pts, keep, means.double(), narrow.double(), vals.double(), [0, 1])
+    assert calls == [1, 1]  # float64 expands exactly enough
+    point_weights(pts, keep, means, torch.zeros_like(sig), vals, [0, 1])
+    assert calls == [1, 1]  # a zero deviation: no expansion at all
 
 
 def test_auto_method_prefers_exact_for_wide_sigma() -> None:
@@ -124,6 +151,10 @@ def test_auto_method_prefers_exact_for_wide_sigma() -> None:
     assert layer.method(s, 256 * layer.samples_per_tuple) == "exact"
     s_narrow = s * 0.05  # ~1.4 cells: boxes cover ~0.2% of the index space
     assert layer.method(s_narrow, 256 * layer.samples_per_tuple) == "neighbours"
+    # the pair limit counts every context of a batch: 2^25 / (256 * 3072) = 42 contexts
+    batched = s.expand(64, *s.shape)  # (B, K, L), as an adaptive layer's
+    assert layer.method(batched[:8], 256 * layer.samples_per_tuple) == "exact"
+    assert layer.method(batched, 256 * layer.samples_per_tuple) == "neighbours"
 
 
 # ----------------------------------------------------------------------------- mean bounds
@@ -154,10 +185,13 @@ def test_reflect_bound_is_linear_and_reflected() -> None:
     edge = torch.tensor([[2.0 - 0.4], [2.0 + 0.4]])  # raw = 2 is the upper edge
     out = bound_means(edge, [101], mode="reflect").flatten()
     torch.testing.assert_close(out[0], out[1])
-    # the sigmoid's slope vanishes at the edges, the reflected one does not
-    near_edge = unbound_means(torch.tensor([[1.0]]), [101], mode="sigmoid").requires_grad_()
-    (gs,) = torch.autograd.grad(bound_means(near_edge, [101]).sum(), near_edge)
-    assert float(gs) < 1.1
+    # at a mean one cell from the edge the sigmoid's slope is ~1, the reflected one still 25
+    slopes = {}
+    for mode in ("sigmoid", "reflect"):
+        raw = unbound_means(torch.tensor([[1.0]]), [101], mode=mode).requires_grad_()
+        (g1,) = torch.autograd.grad(bound_means(raw, [101], mode=mode).sum(), raw)
+        slopes[mode] = float(g1)
+    assert slopes["sigmoid"] < 1.1 and slopes["reflect"] == pytest.approx(25.0)
 
 
 def test_mean_bound_layer_option() -> None:
@@ -165,9 +199,8 @@ def test_mean_bound_layer_option() -> None:
     means = layer.tuples(torch.zeros(1, 32))[0]
     assert (means >= 0).all() and (means <= 31).all()
     assert "mean_bound='reflect'" in repr(layer)
-    other = SparseLayer(32, 32, 32, mean_bound="reflect")
-    other.load_state_dict(layer.state_dict())
-    torch.testing.assert_close(other.tuples(torch.zeros(1, 32))[0], means)
+    # configuration, not state: the same keys as a sigmoid layer's (pass it again on load)
+    assert layer.state_dict().keys() == SparseLayer(32, 32, 32).state_dict().keys()
     with pytest.raises(ValueError, match="mean_bound"):
         SparseLayer(4, 4, 4, mean_bound="tanh")
     with pytest.raises(ValueError, match="mean_bound"):

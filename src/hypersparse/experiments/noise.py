@@ -133,9 +133,10 @@ class NoiseConfig:
     forum_levels: tuple[float, ...] = FORUM_LEVELS
     eval_batch_size: int = 1000
     eval_limit: int = 0  # evaluate on the first N val/test images only (smoke tests); 0 = all
-    # Training-batch augmentation, the same for every network (never applied to val/test or
-    # the noise evaluation): "none" (default), "shift" (random translation by up to
-    # augment_shift pixels, zero fill) or "affine" (+ rotation <= 10 deg, scale 0.9-1.1).
+    # Training-batch augmentation: the same transform and batch order for every network, offsets
+    # drawn per network (never applied to val/test or the noise evaluation): "none" (default),
+    # "shift" (random translation by up to augment_shift pixels, zero fill) or "affine"
+    # (+ rotation <= 10 deg, scale 0.9-1.1).
     augment: Literal["none", "shift", "affine"] = "none"
     augment_shift: int = 2
 

@@ -348,48 +348,63 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
         raise ValueError(f"method must be 'exact' or 'neighbours', got {method!r}")
     learn = list(learn)
     mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
-    if mask is None and means.shape[-2] * points.shape[-2] > GEMM_MIN_PAIRS and _gemm_ok(
-            points, sigmas, learn):
-        return _gemm_weights(points, keep, means, sigmas, values, learn)
+    if mask is None and means.shape[-2] * points.shape[-2] > GEMM_MIN_PAIRS:
+        frame = _gemm_frame(points, means, sigmas, learn)
+        if frame is not None:
+            return _gemm_weights(points, keep, means, sigmas, values, learn, frame)
     if keep is not None:
         mask = keep.unsqueeze(-2) if mask is None else mask & keep.unsqueeze(-2)  # (..., K, P)
     return _exact_weights(points, means, sigmas, values, learn, mask)
 
 
-#: The quadratic-form (GEMM) path is used while float64 rounding of its expanded exponent,
-#: ~1.1e-16 * 4 * L * max(1 / sigma^2) * max|p - centre|^2, stays below this.
+#: The quadratic-form (GEMM) path expands the exponent around the centre of the index range, so
+#: its rounding grows with ``bound = max(1 / sigma^2) * max|x - centre|^2`` (x: points and means).
+#: float64 layers use it while float64 rounding of the exponent, ~1.1e-16 * 4 * L * bound, stays
+#: below ``GEMM_EXPONENT_ERROR``; float32 layers while ``bound <= GEMM_F32_BOUND``: their saved
+#: float32 ``exp`` matrix enters the backward moments, whose cancellation magnifies its rounding
+#: to ~6e-8 * bound relative error in the deviations' gradient (~1.5e-5 at the bound; sigma >= 8
+#: cells at n = 256, i.e. the wide-sigma regime where ``normalisation="auto"`` runs exact pairs).
 GEMM_EXPONENT_ERROR = 1e-8
-#: The backward product runs in float32 (float32 layers) while ``max(1 / sigma^2) * max|p -
-#: centre|^2`` is at most this (e.g. sigma >= 8 cells at n = 256), float64 otherwise.
-GEMM_F32_BACKWARD = 256.0
+GEMM_F32_BOUND = 256.0
 #: ... for contexts of more (tuple, point) pairs than this (below, the column path is as fast).
 GEMM_MIN_PAIRS = 2**16
 
 
-def _gemm_ok(points: Tensor, sigmas: Tensor, learn: list[int]) -> bool:
-    """Whether :func:`_gemm_weights` applies: float32/64 on the CPU (float64 matrix products are
-    slow on most GPUs, where the elementwise path is fast anyway), non-empty, and accurate."""
+def _gemm_frame(points: Tensor, means: Tensor, sigmas: Tensor,
+                learn: list[int]) -> Tensor | None:
+    """The centre (L,) of the GEMM path's coordinates, or None where the path does not apply:
+    off the CPU (float64 products are slow on most GPUs, where the elementwise path is fast
+    anyway), other dtypes, empty or degenerate input, or beyond the accuracy bound. Costs two
+    host syncs per call (fine on the CPU, its only device)."""
     if points.device.type != "cpu" or sigmas.dtype not in (torch.float32, torch.float64):
-        return False
+        return None
     if points.numel() == 0 or sigmas.numel() == 0:
-        return False
+        return None
     cols = const(learn, torch.long, points.device)
-    pts = points.index_select(-1, cols)
-    half = float((pts.amax() - pts.amin()).max()) / 2 + 1  # + 1: means lie within a cell
-    inv2 = float(sigmas.detach().amin()) ** -2
-    return 1.1e-16 * 4 * len(learn) * inv2 * half * half <= GEMM_EXPONENT_ERROR
+    pts = points.index_select(-1, cols).flatten(0, -2).to(torch.float64)  # (B*P, L)
+    mu = means.detach().index_select(-1, cols).flatten(0, -2).to(torch.float64)  # (B*K, L)
+    lo = torch.minimum(pts.amin(0), mu.amin(0))  # (L,)
+    hi = torch.maximum(pts.amax(0), mu.amax(0))
+    stats = torch.stack([((hi - lo) / 2).max(), sigmas.detach().amin().to(torch.float64)])
+    half, smin = stats.tolist()
+    if not smin > 0 or not math.isfinite(half):
+        return None
+    bound = half * half / (smin * smin)
+    if sigmas.dtype == torch.float64:
+        ok = 1.1e-16 * 4 * len(learn) * bound <= GEMM_EXPONENT_ERROR
+    else:
+        ok = bound <= GEMM_F32_BOUND
+    return (lo + hi) / 2 if ok else None
 
 
 def _gemm_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Tensor,
-                  values: Tensor, learn: list[int]) -> Tensor:
+                  values: Tensor, learn: list[int], centre: Tensor) -> Tensor:
     """All-pairs weights with the exponent as one matrix product: ``log N_k(p) =
     sum_r -1/2 s_kr p_r^2 + s_kr mu_kr p_r - 1/2 s_kr mu_kr^2`` with ``s = 1 / sigma^2``, i.e.
-    (K, D) tuple features times (D, P) point features, in float64 on centred coordinates so the
-    expansion loses nothing at float32 resolution (:func:`_gemm_ok` checks the bound)."""
+    (K, D) tuple features times (D, P) point features, in float64 on coordinates centred on
+    ``centre`` (:func:`_gemm_frame` checks the accuracy bound)."""
     cols = const(learn, torch.long, means.device)
-    pts = points.index_select(-1, cols).to(torch.float64)  # (..., P, L)
-    centre = (pts.flatten(0, -2).amax(0) + pts.flatten(0, -2).amin(0)) / 2  # (L,)
-    pts = pts - centre
+    pts = points.index_select(-1, cols).to(torch.float64) - centre  # (..., P, L)
     mu = means.index_select(-1, cols).to(torch.float64) - centre  # (..., K, L)
     s = sigmas.to(torch.float64).pow(-2)  # (..., K, L)
     sm = s * mu
@@ -402,25 +417,22 @@ def _gemm_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
         bias.masked_fill_(~keep.unsqueeze(-2), _MASKED)
     grad_feat = torch.cat([pt.square(), pt], -2)  # (..., 2L, P)
     feat = torch.cat([grad_feat, torch.ones_like(bias), bias], -2)  # (..., D, P)
-    # backward product in float32 while its rounding, ~6e-8 * max(s) * max|p - centre|^2 relative
-    # to the deviations' gradient, stays ~1e-4 (wide sigmas: where this path runs in "auto")
-    low = means.dtype == torch.float32 and float(s.detach().amax()) * float(
-        pts.abs().amax()) ** 2 <= GEMM_F32_BACKWARD
-    return _GemmWeights.apply(tfeat, feat, grad_feat, values.to(means.dtype), low)
+    return _GemmWeights.apply(tfeat, feat, grad_feat, values.to(means.dtype))
 
 
 _MASKED = -1e30  # exponent bias of the points that do not count (finite: no inf * 0 in a GEMM)
 
 
 class _GemmWeights(torch.autograd.Function):
-    """``w_p = sum_k v_k exp(x_kp) / Z_k`` with ``x = T F`` (float64 product, float32 or float64
-    exp). Backward needs only one more product with ``E = exp(x - max)``:
+    """``w_p = sum_k v_k exp(x_kp) / Z_k`` with ``x = T F`` (float64 product; ``exp`` and the
+    backward product in the layer's dtype). Backward needs only one more product with
+    ``E = exp(x - max)``:
     ``gv_k = (E gw)_k / Z_k`` and ``dT_k = v_k / Z_k (E (gw * G^T) - gv_k E G^T)_k`` where ``G``
     are the point features that tuple features multiply (the bias rows get no gradient)."""
 
     @staticmethod
     def forward(ctx: Any, tfeat: Tensor, feat: Tensor, grad_feat: Tensor,
-                values: Tensor, low: bool) -> Tensor:
+                values: Tensor) -> Tensor:
         x = (tfeat @ feat).to(values.dtype)  # (..., K, P)
         near = x.amax(-1, keepdim=True)  # (..., K, 1)
         e = torch.threshold_(x.sub_(near), LOG_FLUSH, float("-inf")).exp_()  # (..., K, P)
@@ -429,13 +441,12 @@ class _GemmWeights(torch.autograd.Function):
         c = torch.where(live, values / z.clamp_min(torch.finfo(z.dtype).tiny),
                         torch.zeros_like(values))  # (..., K)
         ctx.save_for_backward(e, grad_feat, c, z, live)
-        ctx.low = low
         return (c.unsqueeze(-2) @ e).squeeze(-2)  # (..., P)
 
     @staticmethod
     def backward(ctx: Any, gw: Tensor) -> Any:
         e, grad_feat, c, z, live = ctx.saved_tensors
-        dt = e.dtype if ctx.low else torch.float64
+        dt = e.dtype
         g = grad_feat.to(dt)  # (..., 2L, P)
         gwd = gw.to(dt).unsqueeze(-2)  # (..., 1, P)
         rhs = torch.cat([gwd, g, g * gwd], -2)  # (..., 1 + 4L, P)
@@ -448,7 +459,7 @@ class _GemmWeights(torch.autograd.Function):
         gt = gt * c.to(torch.float64).unsqueeze(-1)
         # tuple features: [-s/2 (L), s mu (L), const, bias-one]; const and bias get no use
         zero = gt.new_zeros(gt.shape[:-1] + (2,))
-        return torch.cat([gt, zero], -1), None, None, gv.to(c.dtype), None
+        return torch.cat([gt, zero], -1), None, None, gv.to(c.dtype)
 
 
 def _exact_weights(points: Tensor, means: Tensor, sigmas: Tensor, values: Tensor,

@@ -38,12 +38,15 @@ __all__ = ["Connections", "HyperLayer", "SigmaAnnealing", "SparseLayer", "set_si
 _METHODS = ("auto", "exact", "neighbours")
 #: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
 AUTO_EXACT_PAIRS = 2**16
-#: ... and never above this many (memory: the exact path holds a few (K, P) tensors).
+#: ... and never above this many pairs in all contexts of a batch together (memory: the exact
+#: path holds a few (B, K, P) tensors).
 AUTO_EXACT_MAX_PAIRS = 2**25
 #: ... and above that only while the neighbour boxes cover more than this fraction of the index
-#: space (measured crossover on this CPU, one thread: hashing wins below ~6%, loses 2x at
-#: 10% (n = 128, 256 and 1024, K = n; docs/hyperlayer.md).
+#: space on the CPU, where exact pairs run as a GEMM (measured, one thread: at ~10% cover exact
+#: pairs are 1.3x faster, at 6% hashing is 2.2x faster; n = 128-1024, K = n, docs/hyperlayer.md),
+#: or ``AUTO_EXACT_COVER_OTHER`` on other devices (the elementwise exact path).
 AUTO_EXACT_COVER = 0.07
+AUTO_EXACT_COVER_OTHER = 0.25
 
 
 class Connections(NamedTuple):
@@ -272,11 +275,14 @@ class HyperLayer(nn.Module):
         pairs = self.k * points_per_context
         if pairs <= AUTO_EXACT_PAIRS:
             return "exact"
+        contexts = math.prod(sigmas.shape[:-2])  # B for an adaptive layer, 1 for a shared one
+        if pairs * contexts > AUTO_EXACT_MAX_PAIRS:
+            return "neighbours"
         half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
         size = const(self.learned_sizes, half.dtype, half.device)
         cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
-        wide = float(cover) > AUTO_EXACT_COVER
-        return "exact" if pairs <= AUTO_EXACT_MAX_PAIRS and wide else "neighbours"
+        limit = AUTO_EXACT_COVER if sigmas.device.type == "cpu" else AUTO_EXACT_COVER_OTHER
+        return "exact" if float(cover) > limit else "neighbours"
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
