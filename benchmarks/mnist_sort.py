@@ -217,6 +217,11 @@ def _fmt(mean: float, std: float, k: int) -> str:
     return f"{mean:.3f} ± {std:.3f}" if k > 1 else f"{mean:.4f}"
 
 
+def _counts(rows: list[dict[str, Any]], key: str) -> str:
+    """The distinct values of ``key`` over the rows, as text (one value when all agree)."""
+    return " / ".join(f"{v:,}" for v in sorted({int(r[key]) for r in rows}))
+
+
 def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     names = {"quicksort": "quicksort", "neuralsort": "NeuralSort", "diffsort": "diffsort"}
     out = []
@@ -228,8 +233,9 @@ def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "columns": ["n", "steps", "method", "seeds", "exact match", "element-wise"],
         "rows": out,
-        "note": ("Mean ± std (population) over seeds; 10,000 test sequences per seed; 9,000 "
-                 "training digits (the paper: 55,000). Commands in results/mnist_sort.json."),
+        "note": (f"Mean ± std (population) over seeds; {_counts(rows, 'test_sequences')} test "
+                 f"sequences per seed; {_counts(rows, 'train_digits')} training digits (the "
+                 "paper: 55,000). Commands in results/mnist_sort.json."),
     }
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "bound_means",
     "unbound_means",
     "MEAN_BOUNDS",
+    "check_mean_bound",
     "bound_sigmas",
     "sample_points",
     "linear_index",
@@ -74,7 +75,8 @@ def _size_tensor(sizes: Sequence[int], like: Tensor) -> Tensor:
 MEAN_BOUNDS = ("sigmoid", "reflect")
 
 
-def _check_mean_bound(mode: str) -> None:
+def check_mean_bound(mode: str) -> None:
+    """Raise ValueError unless ``mode`` is one of :data:`MEAN_BOUNDS`."""
     if mode not in MEAN_BOUNDS:
         raise ValueError(f"mean_bound must be one of {MEAN_BOUNDS}, got {mode!r}")
 
@@ -98,7 +100,7 @@ def bound_means(raw: Tensor, sizes: Sequence[int], *, mode: str = "sigmoid") -> 
         tensor([[0., 3.]])
     """
     sizes = _check_sizes(sizes)
-    _check_mean_bound(mode)
+    check_mean_bound(mode)
     if raw.shape[-1] != len(sizes):
         raise ValueError(f"raw means must end in {len(sizes)} columns, got {tuple(raw.shape)}")
     if mode == "sigmoid":
@@ -113,6 +115,12 @@ def unbound_means(means: Tensor, sizes: Sequence[int], *, mode: str = "sigmoid",
     """Raw means that :func:`bound_means` maps to ``means`` (index space, clamped into
     ``[eps, 1 - eps]`` of each column's range first, so the sigmoid's inverse stays finite).
 
+    Args:
+        means: index-space means.
+        sizes: the size of each column.
+        mode: ``"sigmoid"`` or ``"reflect"``, as for :func:`bound_means`.
+        eps: the clamp, as a fraction of each column's range.
+
     Shape:
         means: (..., L) with ``L == len(sizes)``; output: same.
 
@@ -122,7 +130,7 @@ def unbound_means(means: Tensor, sizes: Sequence[int], *, mode: str = "sigmoid",
         True
     """
     sizes = _check_sizes(sizes)
-    _check_mean_bound(mode)
+    check_mean_bound(mode)
     if means.shape[-1] != len(sizes):
         raise ValueError(f"means must end in {len(sizes)} columns, got {tuple(means.shape)}")
     span = (_size_tensor(sizes, means) - 1).clamp(min=1)

@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from ..functional.contract import sparse_contract
 from ..functional.hyper import (
     MAX_LINEAR,
-    _check_mean_bound,
     bound_means,
     bound_sigmas,
+    check_mean_bound,
     const,
     first_occurrence,
     linear_index,
@@ -163,7 +163,7 @@ class HyperLayer(nn.Module):
         if not cutoff > 0:
             raise ValueError(f"cutoff must be > 0, got {cutoff}")
         self.normalisation, self.cutoff = normalisation, float(cutoff)
-        _check_mean_bound(mean_bound)
+        check_mean_bound(mean_bound)
         self.mean_bound = mean_bound
 
         if learn_cols is None:
