@@ -202,3 +202,14 @@ def test_sigma_gain_scales_glimpse_sigmas_and_round_trips() -> None:
     set_sigma_gain(layer, 20.0)
     layer.generator = torch.Generator().manual_seed(0)
     assert not torch.allclose(layer(x), narrow)
+
+
+def test_source_modules_reject_bad_arguments() -> None:
+    for kwargs in ({"channels": 0}, {"glimpses": 0}, {"stride": 0}, {"image": (8,)},
+                   {"image": (0, 8)}):
+        args = {"channels": 3, "glimpses": 1, "image": (8, 8), **kwargs}
+        with pytest.raises(ValueError):
+            SoftArgmaxBoxes(args.pop("channels"), args.pop("glimpses"), args.pop("image"),
+                            **args)
+    with pytest.raises(ValueError, match="4 G"):
+        BoundExtent(0.2, 0.5)(torch.zeros(2, 6))

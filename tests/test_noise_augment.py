@@ -193,3 +193,8 @@ def test_augmentation_only_touches_training_batches(tmp_path, mnist_available, m
     assert summary["test_size"] == 100 and 0 <= summary["dense_cnn2/test_accuracy"] <= 1
     config = json.loads((out / "config.json").read_text())["config"]
     assert config["augment"] == "shift" and config["augment_shift"] == 1
+
+
+def test_augment_shift_must_be_an_int() -> None:
+    with pytest.raises(ValueError, match="augment_shift"):
+        NoiseConfig(augment_shift=1.5)  # type: ignore[arg-type]

@@ -291,6 +291,8 @@ class GlimpseExperiment(Experiment):
         for stage in self._stages(config):
             model = build(config, stage, ctx.device)
             callbacks = []
+            if config.anneal_epochs is not None and not config.anneal_epochs > 0:
+                raise ValueError(f"anneal_epochs must be > 0 or None, got {config.anneal_epochs}")
             if stage == "glimpse" and config.sigma_start != config.sigma_end:
                 total = config.train.max_steps or config.train.epochs * len(train)
                 steps = total if config.anneal_epochs is None else round(

@@ -150,8 +150,9 @@ class NoiseConfig:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(
                 f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if self.augment_shift < 0:
-            raise ValueError(f"augment_shift must be >= 0, got {self.augment_shift}")
+        if (not isinstance(self.augment_shift, int) or isinstance(self.augment_shift, bool)
+                or self.augment_shift < 0):
+            raise ValueError(f"augment_shift must be an int >= 0, got {self.augment_shift!r}")
         if self.eval_limit < 0:
             raise ValueError(f"eval_limit must be >= 0, got {self.eval_limit}")
         if self.first_epoch_batch_size < 0:

@@ -87,6 +87,8 @@ class BoundExtent(nn.Module):
         self.lo, self.hi = float(lo), float(hi)
 
     def forward(self, raw: Tensor) -> Tensor:
+        if raw.dim() != 2 or raw.shape[1] % 4:
+            raise ValueError(f"raw boxes must be (B, 4 G), got {tuple(raw.shape)}")
         b = raw.shape[0]
         r = raw.reshape(b, raw.shape[1] // 4, 4)  # (B, G, 4)
         frac = self.lo + (self.hi - self.lo) * torch.sigmoid(r[..., 2:])  # (B, G, 2)
@@ -132,6 +134,11 @@ class SoftArgmaxBoxes(nn.Module):
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        for name, v in (("channels", channels), ("glimpses", glimpses), ("stride", stride)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if len(image) != 2 or any(int(s) < 1 for s in image):
+            raise ValueError(f"image must be (height, width) with sizes >= 1, got {image}")
         self.lo, self.hi = _check_extent(extent, init_extent)
         h, w = (int(s) for s in image)
         self.image, self.stride, self.offset, self.glimpses = (h, w), stride, offset, glimpses
