@@ -67,6 +67,18 @@ def soft_threshold(x: Tensor, threshold: float | Tensor, nonneg: bool = False) -
     return x - x.clamp(-threshold, threshold)
 
 
+def _check_codes(x: Tensor, codes: Tensor, dictionary: Tensor, alpha: float) -> float:
+    """Validate ``x``, ``dictionary`` and ``alpha`` and that ``codes`` is (B, M); return alpha."""
+    _check_xd(x, dictionary)
+    alpha = _check_alpha(alpha)
+    if codes.shape != (x.shape[0], dictionary.shape[0]):
+        raise ValueError(
+            f"codes must have shape (B={x.shape[0]}, M={dictionary.shape[0]}), got "
+            f"{tuple(codes.shape)}"
+        )
+    return alpha
+
+
 def _check_xd(x: Tensor, dictionary: Tensor) -> None:
     if not isinstance(x, Tensor) or not isinstance(dictionary, Tensor):
         raise TypeError(
@@ -109,13 +121,7 @@ def lasso_objective(x: Tensor, codes: Tensor, dictionary: Tensor, alpha: float) 
         >>> lasso_objective(torch.ones(1, 2), torch.zeros(1, 2), D, 0.5)
         tensor([1.])
     """
-    _check_xd(x, dictionary)
-    alpha = _check_alpha(alpha)
-    if codes.shape != (x.shape[0], dictionary.shape[0]):
-        raise ValueError(
-            f"codes must have shape (B={x.shape[0]}, M={dictionary.shape[0]}), got "
-            f"{tuple(codes.shape)}"
-        )
+    alpha = _check_codes(x, codes, dictionary, alpha)
     residual = x - codes @ dictionary  # (B, N)
     return 0.5 * residual.pow(2).sum(1) + alpha * codes.abs().sum(1)
 
@@ -152,13 +158,7 @@ def lasso_duality_gap(
         ...                   torch.eye(2), 1.0)
         tensor([0.])
     """
-    _check_xd(x, dictionary)
-    alpha = _check_alpha(alpha)
-    if codes.shape != (x.shape[0], dictionary.shape[0]):
-        raise ValueError(
-            f"codes must have shape (B={x.shape[0]}, M={dictionary.shape[0]}), got "
-            f"{tuple(codes.shape)}"
-        )
+    alpha = _check_codes(x, codes, dictionary, alpha)
     return _gap(x, codes, dictionary, alpha, nonneg)[0]
 
 
