@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ROOT, timeit, write_results  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
-from hypersparse.functional import neighbour_pairs, sparse_contract  # noqa: E402
+from hypersparse.functional import chebyshev_degrees, neighbour_pairs, sparse_contract  # noqa: E402
 from hypersparse.nn import SparseLayer  # noqa: E402
 
 # sparse-hyper (2019) on this 2-core CPU, torch 2.13, batch 64, G = L = 4, region 4, values
@@ -107,8 +107,6 @@ def bench_vs_original(quick: bool) -> list[dict[str, object]]:
     rows = []
     for n in [16, 64, 256, 1024, 4096]:
         for state in ["init", "sigma1", "converged"]:
-            if state == "init" and n > 1024:
-                continue  # sigma ~ 0.15 n: every pair is within the cutoff, O(K^2 S) either way
             layer = make(n, state)
             step, _ = train_step(layer)
             reps = 5 if n >= 1024 or quick else 30
@@ -126,24 +124,29 @@ def bench_vs_original(quick: bool) -> list[dict[str, object]]:
 
 
 def bench_crossover(quick: bool) -> list[dict[str, object]]:
-    """Exact (GEMM) against neighbour-limited weights as sigma shrinks: where ``"auto"`` should
-    switch (``AUTO_EXACT_COVER``)."""
+    """Exact (GEMM), Chebyshev and neighbour-limited weights as sigma shrinks: where ``"auto"``
+    should switch (``AUTO_EXACT_COVER``; Chebyshev wherever it applies)."""
     rows = []
     grid = {128: [12.0, 4.0, 1.5], 256: [25.0, 8.0, 3.0, 1.5, 0.3], 1024: [25.0, 8.0, 2.0]}
     for n, sigmas in grid.items():
         for sigma in sigmas:
             row: dict[str, object] = {"n": n, "sigma_cells": sigma}
-            for method in ("exact", "neighbours"):
+            auto = SparseLayer(n, n, n, learn_values=False, learn_sigmas=False,
+                               sigma_scale=sigma / (n * math.log1p(math.exp(2.0))))
+            s = auto.tuples(torch.zeros(1, n))[1]
+            p = auto.k * auto.samples_per_tuple
+            cheb = chebyshev_degrees([(n - 1) / 2] * 2, s.amin(0).tolist(), p) is not None
+            for method in ("exact", "neighbours", "chebyshev"):
+                if method == "chebyshev" and not cheb:
+                    row["chebyshev_cpu_ms"] = None  # too narrow: it would run exact pairs
+                    continue
                 torch.manual_seed(0)
                 layer = SparseLayer(n, n, n, learn_values=False, learn_sigmas=False,
                                     sigma_scale=sigma / (n * math.log1p(math.exp(2.0))),
                                     normalisation=method)
                 step, _ = train_step(layer)
                 row[f"{method}_cpu_ms"] = measure(step, 3 if n >= 1024 or quick else 10)["cpu_ms"]
-            auto = SparseLayer(n, n, n, learn_values=False, learn_sigmas=False,
-                               sigma_scale=sigma / (n * math.log1p(math.exp(2.0))))
-            s = auto.tuples(torch.zeros(1, n))[1]
-            row["auto"] = auto.method(s, auto.k * auto.samples_per_tuple)
+            row["auto"] = auto.method(s, p)
             half = max(5.0 * sigma, math.sqrt(2))
             row["cover"] = round(min(1.0, (2 * half + 1) / n) ** 2, 4)
             rows.append(row)

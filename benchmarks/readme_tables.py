@@ -62,8 +62,9 @@ def _hyperlayer(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if "crossover" in d:
         out["crossover"] = {
             "columns": ["n = K", "sigma (cells)", "boxes cover", "exact CPU ms",
-                        "neighbours CPU ms", "auto picks"],
+                        "Chebyshev CPU ms", "neighbours CPU ms", "auto picks"],
             "rows": [[r["n"], r["sigma_cells"], f"{100 * r['cover']:.2g}%", r["exact_cpu_ms"],
+                      "n/a" if r.get("chebyshev_cpu_ms") is None else r["chebyshev_cpu_ms"],
                       r["neighbours_cpu_ms"], r["auto"]] for r in d["crossover"]]}
     return out
 

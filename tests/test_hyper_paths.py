@@ -145,16 +145,25 @@ def test_gemm_path_is_taken_only_where_accurate(monkeypatch: pytest.MonkeyPatch)
     assert calls == [1, 1]  # a zero deviation: no expansion at all
 
 
-def test_auto_method_prefers_exact_for_wide_sigma() -> None:
+def test_auto_method_by_sigma() -> None:
     layer = SparseLayer(256, 256, 256, sigma_scale=0.1, learn_sigmas=False)
-    s = layer.tuples(torch.zeros(1, 256))[1]
-    assert layer.method(s, 256 * layer.samples_per_tuple) == "exact"
-    s_narrow = s * 0.05  # ~1.4 cells: boxes cover ~0.2% of the index space
-    assert layer.method(s_narrow, 256 * layer.samples_per_tuple) == "neighbours"
+    s = layer.tuples(torch.zeros(1, 256))[1]  # 54 cells
+    p = 256 * layer.samples_per_tuple
+    assert layer.method(s, p) == "chebyshev"  # wide: the low-rank transform
+    s_medium = s * (10 / 54.4)  # 10 cells: too many Chebyshev points, boxes cover ~16%
+    assert layer.method(s_medium, p) == "exact"
+    s_narrow = s * 0.05  # ~2.7 cells: boxes cover ~0.8% of the index space
+    assert layer.method(s_narrow, p) == "neighbours"
     # the pair limit counts every context of a batch: 2^25 / (256 * 3072) = 42 contexts
-    batched = s.expand(64, *s.shape)  # (B, K, L), as an adaptive layer's
-    assert layer.method(batched[:8], 256 * layer.samples_per_tuple) == "exact"
-    assert layer.method(batched, 256 * layer.samples_per_tuple) == "neighbours"
+    batched = s_medium.expand(64, *s.shape)  # (B, K, L), as an adaptive layer's
+    assert layer.method(batched[:8], p) == "exact"
+    assert layer.method(batched, p) == "neighbours"
+    assert layer.method(s.expand(64, *s.shape), p) == "chebyshev"  # O(B (P + K) m^2): no limit
+    # template columns are exact, which the transform does not do
+    tmpl = SparseLayer(256, 256, 256, sigma_scale=0.1, learn_sigmas=False,
+                       template=torch.zeros(256, 2), learn_cols=[1])
+    st = tmpl.tuples(torch.zeros(1, 256))[1]
+    assert tmpl.method(st, p) == "exact"
 
 
 # ----------------------------------------------------------------------------- mean bounds

@@ -324,7 +324,10 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
     each; the others get weight 0 and do not count in ``Z``). Computed in log space, so tiny
     sigmas do not underflow. ``method="exact"`` evaluates all (point, tuple) pairs, O(K * P);
     ``"neighbours"`` only the pairs within ``cutoff`` standard deviations in every learned column
-    (spatial hashing; see :func:`hypersparse.functional.neighbour_weights`).
+    (spatial hashing; see :func:`hypersparse.functional.neighbour_weights`); ``"chebyshev"`` all
+    pairs through a low-rank Gauss transform, O((P + K) * m^L) for m Chebyshev points per column,
+    for wide sigmas and integer points without template columns, and exact pairs where it does
+    not apply (see :func:`hypersparse.functional.chebyshev_weights`).
 
     Args:
         points: integer points of each context (e.g. :func:`sample_points` flattened over K, S).
@@ -352,10 +355,17 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
 
         return neighbour_weights(points, keep, means, sigmas, values, learn, cutoff=cutoff,
                                  sizes=sizes)
-    if method != "exact":
-        raise ValueError(f"method must be 'exact' or 'neighbours', got {method!r}")
+    if method not in ("exact", "chebyshev"):
+        raise ValueError(f"method must be 'exact', 'neighbours' or 'chebyshev', got {method!r}")
     learn = list(learn)
     mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
+    if method == "chebyshev" and mask is None:
+        from .chebyshev import chebyshev_weights
+
+        w = chebyshev_weights(points, keep, means, sigmas, values, learn)
+        if w is not None:
+            return w
+        # the transform does not apply (narrow sigmas, float points): exact all-pairs
     if mask is None and means.shape[-2] * points.shape[-2] > GEMM_MIN_PAIRS:
         frame = _gemm_frame(points, means, sigmas, learn)
         if frame is not None:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..functional.chebyshev import chebyshev_degrees
 from ..functional.contract import sparse_contract
 from ..functional.hyper import (
     MAX_LINEAR,
@@ -35,7 +36,7 @@ from ..functional.hyper import (
 
 __all__ = ["Connections", "HyperLayer", "SigmaAnnealing", "SparseLayer", "set_sigma_gain"]
 
-_METHODS = ("auto", "exact", "neighbours")
+_METHODS = ("auto", "exact", "neighbours", "chebyshev")
 #: ``normalisation="auto"`` uses exact all-pairs up to this many (tuple, point) pairs per context.
 AUTO_EXACT_PAIRS = 2**16
 #: ... and never above this many pairs in all contexts of a batch together (memory: the exact
@@ -97,7 +98,9 @@ class HyperLayer(nn.Module):
         learn_cols: the learned columns (default: all without a template, the input columns
             with one). :meth:`hyper` returns raw means for these columns only, in this order.
         normalisation: ``"exact"`` (all (point, tuple) pairs), ``"neighbours"`` (pairs within
-            ``cutoff`` deviations, via spatial hashing) or ``"auto"`` (exact for small layers).
+            ``cutoff`` deviations, via spatial hashing), ``"chebyshev"`` (all pairs through a
+            low-rank Gauss transform while sigma is wide, exact pairs otherwise) or ``"auto"``
+            (picks one by layer size and sigma; see :meth:`method`).
         cutoff: the neighbour radius in standard deviations.
         mean_bound: how raw means map into index space
             (:func:`~hypersparse.functional.bound_means`): ``"sigmoid"`` (the paper's) or
@@ -267,14 +270,22 @@ class HyperLayer(nn.Module):
 
     # ------------------------------------------------------------------ core
     def method(self, sigmas: Tensor, points_per_context: int) -> str:
-        """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts, or when
-        the tuples' neighbour boxes cover over ``AUTO_EXACT_COVER`` of the index space anyway
-        (large sigmas, where hashing costs more than it saves); neighbour-limited otherwise."""
+        """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts; the
+        Chebyshev low-rank transform while sigma is wide enough for it (at most
+        ``CHEBYSHEV_MAX_NODES`` interpolation points; layers without template columns); exact
+        all-pairs while the tuples' neighbour boxes cover over ``AUTO_EXACT_COVER`` of the index
+        space anyway (large sigmas, where hashing costs more than it saves); neighbour-limited
+        otherwise."""
         if self.normalisation != "auto":
             return self.normalisation
         pairs = self.k * points_per_context
         if pairs <= AUTO_EXACT_PAIRS:
             return "exact"
+        if len(self.learn) == len(self.sizes):
+            smin = sigmas.detach().flatten(0, -2).amin(0).tolist()  # (R',)
+            halves = [(s - 1) / 2 for s in self.learned_sizes]
+            if chebyshev_degrees(halves, smin, points_per_context) is not None:
+                return "chebyshev"
         contexts = math.prod(sigmas.shape[:-2])  # B for an adaptive layer, 1 for a shared one
         if pairs * contexts > AUTO_EXACT_MAX_PAIRS:
             return "neighbours"
