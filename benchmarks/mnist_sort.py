@@ -11,7 +11,9 @@ Writes ``profile`` in the results file.
 ``collect DIR...``: reads run directories written by ``hypersparse run mnist-sort`` (one seed or
 ``--seeds``), and writes their summaries, the command that produced each and a README table
 (``tables.results``, rendered by ``benchmarks/readme_tables.py``) into the results file. Numbers
-are copied from ``summary.json``, never typed in.
+are copied from ``summary.json``, never typed in. Rows already in the results file whose
+directories are not given stay; a collected row replaces one with the same method, n, steps,
+learning rate, schedule and batch size.
 
 Usage::
 
@@ -204,13 +206,21 @@ def collect(paths: list[Path]) -> None:
             "train_digits": summaries[0]["train_digits"],
             "command": _command(cfg, seed_ids, str(path)),
         })
+    data = _load()
+    # rows already in the results whose run directories were not given stay (a new row replaces
+    # an old one with the same method, n and training recipe)
+    new = {_key(r) for r in rows}
+    rows += [r for r in data.get("runs", []) if _key(r) not in new]
     order = {m: i for i, m in enumerate(METHODS)}
     rows.sort(key=lambda r: (r["n"], r["steps"], order.get(r["method"], 9)))
-    data = _load()
     data["runs"] = rows
     data["tables"] = {"results": _table(rows)}
     write_results(TOPIC, data)
     print(json.dumps(data["tables"], indent=1))
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["method"], row["n"], row["steps"], row["lr"], row["schedule"], row["batch_size"])
 
 
 def _fmt(mean: float, std: float, k: int) -> str:

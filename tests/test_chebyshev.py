@@ -119,6 +119,8 @@ def test_not_applicable() -> None:
     assert chebyshev_weights(pts.double(), keep, means, sig, vals, learn) is None  # float points
     assert chebyshev_weights(pts, keep, means, torch.zeros_like(sig), vals, learn) is None
     assert chebyshev_weights(pts[:0], keep[:0], means, sig, vals, learn) is None  # no points
+    two = (pts.expand(2, *pts.shape), keep.expand(2, *keep.shape))  # 2 contexts, shared tuples
+    assert chebyshev_weights(*two, means, sig, vals, learn) is None
     # a tuple far from every point (hand-made points): its normaliser is too small to trust
     far = means.clone()
     far[0] = torch.tensor([255.0, 255.0])

@@ -180,7 +180,8 @@ def chebyshev_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas
                       ) -> Tensor | None:
     """All-pairs weights ``w(p) = sum_k v_k N_k(p) / Z_k`` through the low-rank Gauss transform
     of the module docstring, or None where it does not apply (``plan`` is None: too narrow, or
-    points not integer; or a normaliser below :data:`CHEBYSHEV_MIN_Z`). No template (fixed)
+    points not integer; contexts of points and tuples that differ; or a normaliser below
+    :data:`CHEBYSHEV_MIN_Z`). No template (fixed)
     columns: every column of ``means`` not in ``learn`` must be handled by the caller.
 
     Points are integers, so each column's Chebyshev values come from a table over the integers
@@ -205,6 +206,8 @@ def chebyshev_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas
         1.0
     """
     learn = list(learn)
+    if means.shape[:-2] != points.shape[:-2]:
+        return None  # contexts must match one to one (no broadcasting)
     if plan is None:
         plan = chebyshev_plan(points, sigmas, learn)
         if plan is None:
