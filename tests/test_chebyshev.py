@@ -136,9 +136,9 @@ def test_not_applicable() -> None:
 @given(half=st.floats(1.0, 2000.0), ratio=st.floats(0.1, 12.0), log_eps=st.floats(-14, -4))
 def test_node_count_meets_the_error_bound(half: float, ratio: float, log_eps: float) -> None:
     """The Bernstein-ellipse count interpolates every Gaussian of that width to eps."""
-    sigma, eps = half / ratio, 10.0**log_eps
-    m = chebyshev_nodes_needed(half, sigma, eps)
     lo, hi = 0, int(math.ceil(2 * half))
+    sigma, eps = (hi - lo) / 2 / ratio, 10.0**log_eps
+    m = chebyshev_nodes_needed((hi - lo) / 2, sigma, eps)
     table, nodes, dct = C._constants(lo, hi, m, torch.device("cpu"))
     mu = torch.linspace(-0.3 * hi, 1.3 * hi, 97, dtype=torch.float64)
     coef = C._coefficients(mu, torch.full_like(mu, sigma), nodes, dct)  # (97, m)
