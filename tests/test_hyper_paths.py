@@ -9,30 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hypersparse.functional.hyper as H
+from hyper_contexts import context
 from hypersparse.functional import (
     bound_means,
-    bound_sigmas,
-    first_occurrence,
-    linear_index,
     point_weights,
     sample_points,
     unbound_means,
 )
 from hypersparse.nn import SparseLayer
-
-
-def context(sizes: list[int], k: int, lead: tuple[int, ...], sigma_scale: float, seed: int,
-            dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    means = torch.rand(*lead, k, len(sizes), generator=g, dtype=dtype)
-    means = means * (torch.tensor(sizes, dtype=dtype) - 1)
-    raw = torch.randn(*lead, k, generator=g, dtype=dtype)
-    sig = bound_sigmas(raw, sizes, sigma_scale=sigma_scale)
-    vals = torch.randn(*lead, k, generator=g, dtype=dtype)
-    pts = sample_points(means, sizes, list(range(len(sizes))), region=[min(4, s) for s in sizes],
-                        generator=g).flatten(-3, -2)
-    keep = first_occurrence(linear_index(pts, sizes))
-    return pts, keep, means, sig, vals
 
 
 def both_paths(pts: torch.Tensor, keep: torch.Tensor | None, means: torch.Tensor,
