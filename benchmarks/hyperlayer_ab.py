@@ -22,12 +22,12 @@ def main() -> None:
     torch.set_num_threads(1)
     bench = importlib.import_module("hyperlayer")
     for n, state in [(64, "init"), (64, "sigma1"), (256, "init"), (256, "sigma1"),
-                     (256, "converged")]:
+                     (256, "converged"), (1024, "init")]:
         step, _ = bench.train_step(bench.make(n, state))
-        for _ in range(5):
+        for _ in range(5 if n < 1024 else 2):
             step()
         times = []
-        for _ in range(40):
+        for _ in range(40 if n < 1024 else 10):
             t = time.process_time()
             step()
             times.append(time.process_time() - t)
