@@ -129,25 +129,35 @@ def test_gemm_path_is_taken_only_where_accurate(monkeypatch: pytest.MonkeyPatch)
     assert calls == [1, 1]  # a zero deviation: no expansion at all
 
 
-def test_auto_method_by_sigma() -> None:
+def test_auto_method_by_estimated_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hypersparse.nn.hyper as NH
+
     layer = SparseLayer(256, 256, 256, sigma_scale=0.1, learn_sigmas=False)
     s = layer.tuples(torch.zeros(1, 256))[1]  # 54 cells
     p = 256 * layer.samples_per_tuple
     assert layer.method(s, p) == "chebyshev"  # wide: the low-rank transform
-    s_medium = s * (10 / 54.4)  # 10 cells: too many Chebyshev points, boxes cover ~16%
-    assert layer.method(s_medium, p) == "exact"
     s_narrow = s * 0.05  # ~2.7 cells: boxes cover ~0.8% of the index space
     assert layer.method(s_narrow, p) == "neighbours"
-    # the pair limit counts every context of a batch: 2^25 / (256 * 3072) = 42 contexts
-    batched = s_medium.expand(64, *s.shape)  # (B, K, L), as an adaptive layer's
+    assert SparseLayer(16, 16, 16).method(s[:16], 16 * 12) == "exact"  # small: always exact
+    # the choice is the least estimated cost
+    monkeypatch.setattr(NH, "AUTO_NS_CHEBYSHEV_GRID", 1e6)
+    assert layer.method(s, p) == "exact"
+    monkeypatch.setattr(NH, "AUTO_NS_EXACT", 1e6)
+    assert layer.method(s, p) == "neighbours"
+    monkeypatch.setattr(NH, "AUTO_NS_EXACT", 1e-6)
+    assert layer.method(s_narrow, p) == "neighbours"  # float32, narrow: the column path's cost
+    monkeypatch.setattr(NH, "AUTO_NS_EXACT_COLUMNS", 1e-6)
+    assert layer.method(s_narrow, p) == "exact"
+    # the exact pair limit counts every context of a batch: 2^25 / (256 * 3072) = 42 contexts
+    batched = s.expand(64, *s.shape)  # (B, K, L), as an adaptive layer's
     assert layer.method(batched[:8], p) == "exact"
     assert layer.method(batched, p) == "neighbours"
-    assert layer.method(s.expand(64, *s.shape), p) == "chebyshev"  # O(B (P + K) m^2): no limit
+    monkeypatch.undo()
+    assert layer.method(batched, p) == "chebyshev"  # O(B (P + K) m^2): no pair limit
     # template columns are exact, which the transform does not do
     tmpl = SparseLayer(256, 256, 256, sigma_scale=0.1, learn_sigmas=False,
                        template=torch.zeros(256, 2), learn_cols=[1])
-    st = tmpl.tuples(torch.zeros(1, 256))[1]
-    assert tmpl.method(st, p) == "exact"
+    assert tmpl.method(tmpl.tuples(torch.zeros(1, 256))[1], p) != "chebyshev"
 
 
 # ----------------------------------------------------------------------------- mean bounds

@@ -46,8 +46,9 @@ __all__ = ["chebyshev_nodes_needed", "chebyshev_degrees", "chebyshev_plan", "che
 
 #: Target bound on ``eps * P`` (eps: the absolute interpolation error of one Gaussian factor).
 CHEBYSHEV_TOLERANCE = 1e-8
-#: Most interpolation points (the product over learned columns) the path will use.
-CHEBYSHEV_MAX_NODES = 4096
+#: Most interpolation points (the product over learned columns) the path will use (memory: the
+#: core is (range + K) x this; 2^16 is m = 256 per column of a matrix).
+CHEBYSHEV_MAX_NODES = 2**16
 #: Smallest normaliser the path trusts (below it, the context is recomputed exactly).
 CHEBYSHEV_MIN_Z = 0.1
 

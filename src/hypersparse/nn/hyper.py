@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from ..functional.chebyshev import chebyshev_degrees
 from ..functional.contract import sparse_contract
 from ..functional.hyper import (
+    GEMM_F32_BOUND,
     MAX_LINEAR,
     bound_means,
     bound_sigmas,
@@ -42,11 +43,20 @@ AUTO_EXACT_PAIRS = 2**16
 #: ... and never above this many pairs in all contexts of a batch together (memory: the exact
 #: path holds a few (B, K, P) tensors).
 AUTO_EXACT_MAX_PAIRS = 2**25
-#: ... and above that only while the neighbour boxes cover more than this fraction of the index
-#: space on the CPU, where exact pairs run as a GEMM (measured, one thread: at ~10% cover exact
-#: pairs are 1.3x faster, at 6% hashing is 2.2x faster; n = 128-1024, K = n, docs/hyperlayer.md),
-#: or ``AUTO_EXACT_COVER_OTHER`` on other devices (the elementwise exact path).
-AUTO_EXACT_COVER = 0.07
+#: Above ``AUTO_EXACT_PAIRS`` on the CPU, "auto" takes the method of least estimated time, in ns
+#: (fitted to train steps of n x n layers, K = n = 256 and 1024, one thread; docs/hyperlayer.md):
+#: exact pairs cost ``AUTO_NS_EXACT`` per pair as a float64 GEMM (``AUTO_NS_EXACT_COLUMNS``
+#: where the GEMM's accuracy bound sends a float32 layer to the column path), neighbour hashing
+#: ``AUTO_NS_NEIGHBOUR`` per pair inside the boxes, and the Chebyshev transform
+#: ``AUTO_NS_CHEBYSHEV_GRID`` per (range + K) x m^L core entry plus ``AUTO_NS_CHEBYSHEV_POINT``
+#: per point x m^(L-1).
+AUTO_NS_EXACT = 5.0
+AUTO_NS_EXACT_COLUMNS = 20.0
+AUTO_NS_NEIGHBOUR = 90.0
+AUTO_NS_CHEBYSHEV_GRID = 0.4
+AUTO_NS_CHEBYSHEV_POINT = 2.5
+#: On other devices (no GEMM path, no measured costs) "auto" keeps the cover rule: exact pairs
+#: while the neighbour boxes cover more than this fraction of the index space.
 AUTO_EXACT_COVER_OTHER = 0.25
 
 
@@ -270,30 +280,45 @@ class HyperLayer(nn.Module):
 
     # ------------------------------------------------------------------ core
     def method(self, sigmas: Tensor, points_per_context: int) -> str:
-        """The normalisation ``"auto"`` resolves to: exact all-pairs for small contexts; the
-        Chebyshev low-rank transform while sigma is wide enough for it (at most
-        ``CHEBYSHEV_MAX_NODES`` interpolation points; layers without template columns); exact
-        all-pairs while the tuples' neighbour boxes cover over ``AUTO_EXACT_COVER`` of the index
-        space anyway (large sigmas, where hashing costs more than it saves); neighbour-limited
-        otherwise."""
+        """The normalisation ``"auto"`` resolves to: exact all-pairs for contexts of at most
+        ``AUTO_EXACT_PAIRS`` pairs; above that, on the CPU, whichever of exact pairs (at most
+        ``AUTO_EXACT_MAX_PAIRS`` over the batch), neighbour hashing and the Chebyshev transform
+        (layers without template columns, at most ``CHEBYSHEV_MAX_NODES`` interpolation points)
+        has the least estimated time (the ``AUTO_NS_*`` costs); on other devices exact pairs
+        while the neighbour boxes cover over ``AUTO_EXACT_COVER_OTHER`` of the index space,
+        neighbours otherwise. One host sync."""
         if self.normalisation != "auto":
             return self.normalisation
-        pairs = self.k * points_per_context
-        if pairs <= AUTO_EXACT_PAIRS:
+        k, p = self.k, points_per_context
+        if k * p <= AUTO_EXACT_PAIRS:
             return "exact"
-        if len(self.learn) == len(self.sizes):
-            smin = sigmas.detach().flatten(0, -2).amin(0).tolist()  # (R',)
-            halves = [(s - 1) / 2 for s in self.learned_sizes]
-            if chebyshev_degrees(halves, smin, points_per_context) is not None:
-                return "chebyshev"
         contexts = math.prod(sigmas.shape[:-2])  # B for an adaptive layer, 1 for a shared one
-        if pairs * contexts > AUTO_EXACT_MAX_PAIRS:
-            return "neighbours"
-        half = (sigmas.detach() * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
+        s = sigmas.detach()
+        half = (s * self.cutoff).clamp(min=max(1.0, math.sqrt(len(self.learn))))
         size = const(self.learned_sizes, half.dtype, half.device)
-        cover = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
-        limit = AUTO_EXACT_COVER if sigmas.device.type == "cpu" else AUTO_EXACT_COVER_OTHER
-        return "exact" if float(cover) > limit else "neighbours"
+        cover_t = ((2 * half + 1) / size).clamp(max=1.0).prod(-1).mean()
+        stats = torch.cat([cover_t.reshape(1).to(torch.float64),
+                           s.flatten(0, -2).amin(0).to(torch.float64)]).tolist()
+        cover, smin = stats[0], stats[1:]
+        pairs = k * p * contexts
+        if s.device.type != "cpu":
+            if pairs > AUTO_EXACT_MAX_PAIRS:
+                return "neighbours"
+            return "exact" if cover > AUTO_EXACT_COVER_OTHER else "neighbours"
+        costs = {"neighbours": AUTO_NS_NEIGHBOUR * pairs * cover}
+        if pairs <= AUTO_EXACT_MAX_PAIRS:
+            halves = [(n - 1) / 2 for n in self.learned_sizes]
+            bound = max(h / sm for h, sm in zip(halves, smin)) ** 2 if min(smin) > 0 else math.inf
+            gemm = s.dtype == torch.float64 or bound <= GEMM_F32_BOUND
+            costs["exact"] = (AUTO_NS_EXACT if gemm else AUTO_NS_EXACT_COLUMNS) * pairs
+        if len(self.learn) == len(self.sizes):
+            ms = chebyshev_degrees([(n - 1) / 2 for n in self.learned_sizes], smin, p)
+            if ms is not None:
+                core, rest = math.prod(ms), math.prod(ms[1:])
+                costs["chebyshev"] = contexts * (
+                    AUTO_NS_CHEBYSHEV_GRID * (self.learned_sizes[0] + k) * core
+                    + AUTO_NS_CHEBYSHEV_POINT * p * rest)
+        return min(costs, key=costs.__getitem__)
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
