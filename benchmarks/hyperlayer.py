@@ -130,7 +130,7 @@ def bench_vs_original(quick: bool) -> list[dict[str, object]]:
 
 def bench_crossover(quick: bool) -> list[dict[str, object]]:
     """Exact (GEMM), Chebyshev and neighbour-limited weights as sigma shrinks: where ``"auto"``
-    should switch (``AUTO_EXACT_COVER``; Chebyshev wherever it applies)."""
+    should switch (the ``AUTO_NS_*`` cost estimates of ``"auto"``)."""
     rows = []
     grid = {128: [12.0, 4.0, 1.5], 256: [25.0, 8.0, 3.0, 1.5, 0.3], 1024: [25.0, 8.0, 2.0]}
     for n, sigmas in grid.items():

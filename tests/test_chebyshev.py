@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hypersparse.functional.chebyshev as C
+import hypersparse.functional.hyper as H
 from hyper_contexts import context
 from hypersparse.functional import (
     chebyshev_degrees,
@@ -113,6 +114,11 @@ def test_not_applicable() -> None:
     corner = pts.clamp(max=60)
     assert chebyshev_weights(corner, first_occurrence(linear_index(corner, [256, 256])), far,
                              sig * 0.3, vals, learn) is None
+    # template columns are exact, not interpolated: declined (point_weights handles them)
+    assert chebyshev_weights(pts, keep, means, sig[:, 1:], vals, [1]) is None
+    # a range far longer than the points (hand-made points): no table that size
+    spread = torch.tensor([[0, 0], [3_000_000, 0]])
+    assert chebyshev_weights(spread, None, means[:1], sig[:1] * 1e5, vals[:1], learn) is None
     # point_weights falls back to exact pairs where the transform does not apply
     w = point_weights(pts, keep, means, sig * 0.02, vals, learn, method="chebyshev")
     assert rel(w, point_weights(pts, keep, means, sig * 0.02, vals, learn)) == 0.0
@@ -141,11 +147,30 @@ def test_node_count_validation_and_limits() -> None:
     assert chebyshev_degrees([511.5, 511.5], [5.0, 5.0], 10000) is None  # over the node limit
     wide = chebyshev_degrees([511.5, 511.5], [150.0, 150.0], 10000)
     assert wide is not None and math.prod(wide) <= C.CHEBYSHEV_MAX_NODES
+    # one column may not take the whole budget (its m x m transform), even for L = 1
+    assert chebyshev_degrees([2047.5], [1.0], 24576) is None
+    assert chebyshev_degrees([0.0, 2047.5], [1.0, 6.0], 24576) is None
 
 
-def test_layer_chebyshev_matches_exact() -> None:
+def test_table_cache_stays_within_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(C, "_CACHE", {})
+    for m in range(20, 220, 4):  # an annealing sweep: a new m every few steps
+        C._constants(0, 4095, m, torch.device("cpu"))
+    held = sum(sum(t.numel() * t.element_size() for t in v) for v in C._CACHE.values())
+    assert 0 < held <= C._CACHE_BYTES
+
+
+def test_layer_chebyshev_matches_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step of a wide layer: the same loss and gradients as exact all-pairs."""
     grads = {}
+    calls = []
+    real = C.chebyshev_weights
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(H, "chebyshev_weights", spy)
     for method in ("chebyshev", "exact"):
         torch.manual_seed(0)
         layer = SparseLayer(128, 128, 128, sigma_scale=0.1, normalisation=method,
@@ -155,8 +180,9 @@ def test_layer_chebyshev_matches_exact() -> None:
         loss.backward()
         grads[method] = [loss.detach()] + [p.grad for p in (layer.raw_means, layer.raw_sigmas,
                                                             layer.values)]
+    assert calls == [1]  # the transform ran (and did not fall back) for "chebyshev" only
     for a, b in zip(grads["chebyshev"], grads["exact"]):
-        assert rel(a, b) < 1e-7
+        assert rel(a, b) < 1e-6
     assert "chebyshev" in repr(SparseLayer(8, 8, 4, normalisation="chebyshev"))
     with pytest.raises(ValueError, match="chebyshev"):
         SparseLayer(8, 8, 4, normalisation="fourier")

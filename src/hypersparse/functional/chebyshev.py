@@ -25,12 +25,13 @@ Accuracy: ``m_r`` is chosen from the Chebyshev interpolation bound for functions
 a Bernstein ellipse (Trefethen, *Approximation Theory and Approximation Practice*, Thm 8.2):
 on the ellipse with parameter rho, ``|g| <= exp(h^2 b^2 / (2 sigma^2))`` with ``h`` the
 half-range and ``b = (rho - 1/rho) / 2``, so the error is at most
-``4 exp(h^2 b^2 / (2 sigma^2)) rho^-m / (rho - 1)``, minimised over rho. The target is an
+``4 exp(h^2 b^2 / (2 sigma^2)) rho^-(m-1) / (rho - 1)`` for m points (degree m - 1),
+minimised over rho. The target is an
 absolute error ``eps`` per factor with ``eps * P`` below ``CHEBYSHEV_TOLERANCE``, so each
 ``Z_k`` (which is at least ~1: a tuple's own corner points are in its context) is accurate to
-about ``2 * CHEBYSHEV_TOLERANCE`` relative; a context whose ``Z_k`` comes out below
+about ``L * CHEBYSHEV_TOLERANCE`` relative; a context whose ``Z_k`` comes out below
 ``CHEBYSHEV_MIN_Z`` (only possible for hand-made points far from a tuple) is recomputed exactly.
-Computed in float64 throughout.
+Sums over points run in the weights' dtype, everything else in float64.
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ import torch
 from torch import Tensor
 
 __all__ = ["chebyshev_nodes_needed", "chebyshev_degrees", "chebyshev_plan", "chebyshev_weights",
-           "CHEBYSHEV_TOLERANCE", "CHEBYSHEV_MAX_NODES"]
+           "CHEBYSHEV_TOLERANCE", "CHEBYSHEV_MAX_NODES", "CHEBYSHEV_MAX_PER_COLUMN"]
 
 #: Target bound on ``eps * P`` (eps: the absolute interpolation error of one Gaussian factor).
 CHEBYSHEV_TOLERANCE = 1e-8
-#: Most interpolation points (the product over learned columns) the path will use (memory: the
-#: core is (range + K) x this; 2^16 is m = 256 per column of a matrix).
+#: Most interpolation points the path will use: in all (the product over learned columns; the
+#: core is (range + K) x this) and per column (each column's transform is m x m).
 CHEBYSHEV_MAX_NODES = 2**16
+CHEBYSHEV_MAX_PER_COLUMN = 256
+#: Longest column range the path tables (``max(this, 4 * P)``; the table is range x m).
+CHEBYSHEV_MIN_TABLE = 4096
 #: Smallest normaliser the path trusts (below it, the context is recomputed exactly).
 CHEBYSHEV_MIN_Z = 0.1
 
@@ -62,7 +66,7 @@ def chebyshev_nodes_needed(half_range: float, sigma: float, eps: float) -> int:
 
     Example:
         >>> chebyshev_nodes_needed(512.0, 150.0, 1e-13)
-        37
+        38
     """
     if not (sigma > 0 and eps > 0 and half_range >= 0):
         raise ValueError(f"need sigma > 0, eps > 0, half_range >= 0; got {sigma}, {eps}, "
@@ -74,23 +78,29 @@ def chebyshev_nodes_needed(half_range: float, sigma: float, eps: float) -> int:
     for rho in _RHOS:
         b = (rho - 1 / rho) / 2
         log_bound = (a * b) ** 2 / 2 + math.log(4 / (rho - 1)) - math.log(eps)
-        best = min(best, math.ceil(max(log_bound, 0.0) / math.log(rho)))
+        # m first-kind points interpolate with degree m - 1: the bound is rho^-(m - 1)
+        best = min(best, 1 + math.ceil(max(log_bound, 0.0) / math.log(rho)))
     return max(int(best), 1)
 
 
 def chebyshev_degrees(half_ranges: Sequence[float], sigma_mins: Sequence[float],
                       points: int) -> list[int] | None:
     """Chebyshev points per learned column for a context of ``points`` points whose column r
-    spans ``2 * half_ranges[r]`` with smallest deviation ``sigma_mins[r]``; None if their
-    product exceeds :data:`CHEBYSHEV_MAX_NODES` (narrow deviations: use another path).
+    spans ``2 * half_ranges[r]`` with smallest deviation ``sigma_mins[r]``; None where the path
+    does not pay: more than :data:`CHEBYSHEV_MAX_NODES` points in all or
+    :data:`CHEBYSHEV_MAX_PER_COLUMN` in a column (narrow deviations), or a column range longer
+    than ``max(CHEBYSHEV_MIN_TABLE, 4 * points)`` (its table would outgrow the points).
 
     Example:
         >>> chebyshev_degrees([511.5, 511.5], [152.0, 152.0], 12288)
-        [35, 35]
+        [36, 36]
         >>> chebyshev_degrees([511.5, 511.5], [8.0, 8.0], 12288) is None
         True
     """
     if not all(s > 0 and math.isfinite(s) for s in sigma_mins):
+        return None
+    longest = max(CHEBYSHEV_MIN_TABLE, 4 * int(points))
+    if any(not math.isfinite(h) or 2 * h + 1 > longest for h in half_ranges):
         return None
     eps = CHEBYSHEV_TOLERANCE / max(int(points), 1)
     ms: list[int] = []
@@ -99,7 +109,7 @@ def chebyshev_degrees(half_ranges: Sequence[float], sigma_mins: Sequence[float],
         m = chebyshev_nodes_needed(h, s, eps)
         ms.append(m)
         total *= m
-        if total > CHEBYSHEV_MAX_NODES:
+        if m > CHEBYSHEV_MAX_PER_COLUMN or total > CHEBYSHEV_MAX_NODES:
             return None
     return ms
 
@@ -124,6 +134,8 @@ def chebyshev_plan(points: Tensor, sigmas: Tensor, learn: Sequence[int]
 
 
 _CACHE: dict[tuple[int, int, int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+#: Bytes the cache of tables may hold (cleared when a new entry would pass it).
+_CACHE_BYTES = 64 * 2**20
 
 
 def _constants(lo: int, hi: int, m: int, device: torch.device
@@ -136,8 +148,6 @@ def _constants(lo: int, hi: int, m: int, device: torch.device
     hit = _CACHE.get(key)
     if hit is not None:
         return hit
-    if len(_CACHE) > 256:
-        _CACHE.clear()
     grid = torch.arange(lo, hi + 1, dtype=torch.float64, device=device)
     if m == 1 or hi <= lo:
         table = torch.ones(grid.shape + (1,), dtype=torch.float64, device=device)
@@ -152,6 +162,9 @@ def _constants(lo: int, hi: int, m: int, device: torch.device
         dct = torch.cos(j.unsqueeze(-1) * theta) * (2.0 / m)  # (m_j, m_l)
         dct[0] *= 0.5
         dct = dct.transpose(0, 1).contiguous()  # (m_l, m_j)
+    held = sum(sum(t.numel() * t.element_size() for t in v) for v in _CACHE.values())
+    if held + table.numel() * 8 > _CACHE_BYTES:
+        _CACHE.clear()
     _CACHE[key] = (table, nodes, dct)
     return table, nodes, dct
 
@@ -181,9 +194,9 @@ def chebyshev_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas
                       ) -> Tensor | None:
     """All-pairs weights ``w(p) = sum_k v_k N_k(p) / Z_k`` through the low-rank Gauss transform
     of the module docstring, or None where it does not apply (``plan`` is None: too narrow, or
-    points not integer; contexts of points and tuples that differ; or a normaliser below
-    :data:`CHEBYSHEV_MIN_Z`). No template (fixed)
-    columns: every column of ``means`` not in ``learn`` must be handled by the caller.
+    points not integer; contexts of points and tuples that differ; template (fixed) columns,
+    i.e. ``learn`` not every column; or a normaliser below :data:`CHEBYSHEV_MIN_Z`). Two host
+    syncs (the plan, the normaliser check).
 
     Points are integers, so each column's Chebyshev values come from a table over the integers
     of its range, and every product over the P points runs on that table instead: e.g.
@@ -207,8 +220,8 @@ def chebyshev_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas
         1.0
     """
     learn = list(learn)
-    if means.shape[:-2] != points.shape[:-2]:
-        return None  # contexts must match one to one (no broadcasting)
+    if means.shape[:-2] != points.shape[:-2] or sorted(learn) != list(range(means.shape[-1])):
+        return None  # contexts must match one to one; template columns are not interpolated
     if plan is None:
         plan = chebyshev_plan(points, sigmas, learn)
         if plan is None:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .chebyshev import chebyshev_weights
+
 __all__ = [
     "bound_means",
     "unbound_means",
@@ -360,8 +362,6 @@ def point_weights(points: Tensor, keep: Tensor | None, means: Tensor, sigmas: Te
     learn = list(learn)
     mask = _fixed_mask(points, means, [c for c in range(means.shape[-1]) if c not in learn])
     if method == "chebyshev" and mask is None:
-        from .chebyshev import chebyshev_weights
-
         w = chebyshev_weights(points, keep, means, sigmas, values, learn)
         if w is not None:
             return w

@@ -48,8 +48,8 @@ AUTO_EXACT_MAX_PAIRS = 2**25
 #: exact pairs cost ``AUTO_NS_EXACT`` per pair as a float64 GEMM (``AUTO_NS_EXACT_COLUMNS``
 #: where the GEMM's accuracy bound sends a float32 layer to the column path), neighbour hashing
 #: ``AUTO_NS_NEIGHBOUR`` per pair inside the boxes, and the Chebyshev transform
-#: ``AUTO_NS_CHEBYSHEV_GRID`` per (range + K) x m^L core entry plus ``AUTO_NS_CHEBYSHEV_POINT``
-#: per point x m^(L-1).
+#: ``AUTO_NS_CHEBYSHEV_GRID`` per (range + K) x m^L core entry and per K x m^2 transform entry,
+#: plus ``AUTO_NS_CHEBYSHEV_POINT`` per point x m^(L-1).
 AUTO_NS_EXACT = 5.0
 AUTO_NS_EXACT_COLUMNS = 20.0
 AUTO_NS_NEIGHBOUR = 90.0
@@ -315,9 +315,9 @@ class HyperLayer(nn.Module):
             ms = chebyshev_degrees([(n - 1) / 2 for n in self.learned_sizes], smin, p)
             if ms is not None:
                 core, rest = math.prod(ms), math.prod(ms[1:])
-                costs["chebyshev"] = contexts * (
-                    AUTO_NS_CHEBYSHEV_GRID * (self.learned_sizes[0] + k) * core
-                    + AUTO_NS_CHEBYSHEV_POINT * p * rest)
+                costs["chebyshev"] = contexts * AUTO_NS_CHEBYSHEV_GRID * (
+                    (self.learned_sizes[0] + k) * core + k * sum(m * m for m in ms)
+                ) + contexts * AUTO_NS_CHEBYSHEV_POINT * p * rest
         return min(costs, key=costs.__getitem__)
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
