@@ -13,7 +13,7 @@ Writes ``profile`` in the results file.
 (``tables.results``, rendered by ``benchmarks/readme_tables.py``) into the results file. Numbers
 are copied from ``summary.json``, never typed in. Rows already in the results file whose
 directories are not given stay; a collected row replaces one with the same method, n, steps,
-learning rate, schedule and batch size.
+learning rate, schedule, batch size and sort settings (``certainty=1`` etc.: a variant).
 
 Usage::
 
@@ -192,8 +192,11 @@ def collect(paths: list[Path]) -> None:
                     (json.loads((p / "config.json").read_text()) for p in seeds)]
         em = _mean_std([s["exact_match"] for s in summaries])
         ea = _mean_std([s["element_accuracy"] for s in summaries])
+        variant = " ".join(o for o in cfg.get("overrides", [])
+                           if o.split("=")[0] in _SORT_SETTINGS)
         rows.append({
-            "method": c["method"], "n": c["n"], "steps": steps, "seeds": seed_ids,
+            "method": c["method"], "variant": variant, "n": c["n"], "steps": steps,
+            "seeds": seed_ids,
             "lr": c["train"]["lr"], "schedule": c["train"]["schedule"],
             "batch_size": c["train"]["batch_size"],
             "exact_match": [s["exact_match"] for s in summaries],
@@ -219,8 +222,14 @@ def collect(paths: list[Path]) -> None:
     print(json.dumps(data["tables"], indent=1))
 
 
+#: Settings of the sorts themselves: a run that sets one is a variant of its method.
+_SORT_SETTINGS = ("samples", "certainty", "proposal", "quicksort_loss", "level_loss", "tau",
+                  "steepness", "distribution")
+
+
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["method"], row["n"], row["steps"], row["lr"], row["schedule"], row["batch_size"])
+    return (row["method"], row.get("variant", ""), row["n"], row["steps"], row["lr"],
+            row["schedule"], row["batch_size"])
 
 
 def _fmt(mean: float, std: float, k: int) -> str:
@@ -237,7 +246,10 @@ def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = []
     for r in rows:
         k = len(r["seeds"])
-        out.append([r["n"], r["steps"], names.get(r["method"], r["method"]), k,
+        name = names.get(r["method"], r["method"])
+        if r.get("variant"):
+            name += f" (`{r['variant']}`)"
+        out.append([r["n"], r["steps"], name, k,
                     _fmt(r["exact_match_mean"], r["exact_match_std"], k),
                     _fmt(r["element_accuracy_mean"], r["element_accuracy_std"], k)])
     return {
