@@ -103,26 +103,42 @@ def slope(xs: list[float], ys: list[float]) -> float:
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
+def one_state(n: int, state: str, quick: bool) -> dict[str, object]:
+    """One row of the table against the 2019 code, measured in this process."""
+    layer = make(n, state)
+    step, _ = train_step(layer)
+    reps = 5 if n >= 1024 or quick else 30
+    t = measure(step, reps)
+    s = layer.tuples(torch.zeros(1, n))[1]
+    method = layer.method(s, layer.k * layer.samples_per_tuple)
+    # the Chebyshev transform evaluates no (tuple, point) pairs: its cost is the grid
+    nodes = chebyshev_degrees([(n - 1) / 2] * 2, s.amin(0).tolist(),
+                              layer.k * layer.samples_per_tuple)
+    return {"n": n, "state": state, "method": method, **t,
+            "pair_fraction": None if method == "chebyshev" else round(pair_fraction(layer), 5),
+            "chebyshev_nodes": nodes if method == "chebyshev" else None,
+            "original_ms": ORIGINAL_MS[n],
+            "speedup_wall_median": round(ORIGINAL_MS[n] / t["median_ms"], 2),
+            "speedup_cpu": round(ORIGINAL_MS[n] / t["cpu_ms"], 2)}
+
+
 def bench_vs_original(quick: bool) -> list[dict[str, object]]:
+    """Each (n, state) in a fresh child process: the steady state of a run of that step alone.
+    In one long process the allocator's state left by earlier configurations leaks into later
+    timings (glibc returns heap tops to the kernel and faults them back: docs/hyperlayer.md)."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     rows = []
     for n in [16, 64, 256, 1024, 4096]:
         for state in ["init", "sigma1", "converged"]:
-            layer = make(n, state)
-            step, _ = train_step(layer)
-            reps = 5 if n >= 1024 or quick else 30
-            t = measure(step, reps)
-            s = layer.tuples(torch.zeros(1, n))[1]
-            method = layer.method(s, layer.k * layer.samples_per_tuple)
-            # the Chebyshev transform evaluates no (tuple, point) pairs: its cost is the grid
-            nodes = chebyshev_degrees([(n - 1) / 2] * 2, s.amin(0).tolist(),
-                                      layer.k * layer.samples_per_tuple)
-            row = {"n": n, "state": state, "method": method, **t,
-                   "pair_fraction": None if method == "chebyshev" else round(
-                       pair_fraction(layer), 5),
-                   "chebyshev_nodes": nodes if method == "chebyshev" else None,
-                   "original_ms": ORIGINAL_MS[n],
-                   "speedup_wall_median": round(ORIGINAL_MS[n] / t["median_ms"], 2),
-                   "speedup_cpu": round(ORIGINAL_MS[n] / t["cpu_ms"], 2)}
+            cmd = [sys.executable, __file__, "--one", str(n), state]
+            cmd += ["--quick"] if quick else []
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200,
+                                 check=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -293,6 +309,13 @@ def main() -> None:
         return
     if "--big" in sys.argv:
         print(bench_big())
+        return
+    if "--one" in sys.argv:  # one row of bench_vs_original (its child process)
+        import json
+
+        torch.set_num_threads(1)
+        i = sys.argv.index("--one")
+        print(json.dumps(one_state(int(sys.argv[i + 1]), sys.argv[i + 2], "--quick" in sys.argv)))
         return
     quick = "--quick" in sys.argv
     torch.set_num_threads(1)  # the machine is shared: one thread gives stable figures
