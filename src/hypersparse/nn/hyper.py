@@ -45,11 +45,11 @@ AUTO_EXACT_PAIRS = 2**16
 AUTO_EXACT_MAX_PAIRS = 2**25
 #: Above ``AUTO_EXACT_PAIRS`` on the CPU, "auto" takes the method of least estimated time, in ns
 #: (fitted to train steps of n x n layers, K = n = 256 and 1024, one thread; docs/hyperlayer.md):
-#: exact pairs cost ``AUTO_NS_EXACT`` per pair as a float64 GEMM (``AUTO_NS_EXACT_COLUMNS``
-#: where the GEMM's accuracy bound sends a float32 layer to the column path), neighbour hashing
-#: ``AUTO_NS_NEIGHBOUR`` per pair inside the boxes, and the Chebyshev transform
-#: ``AUTO_NS_CHEBYSHEV_GRID`` per (range + K) x m^L core entry and per K x m^2 transform entry,
-#: plus ``AUTO_NS_CHEBYSHEV_POINT`` per point x m^(L-1).
+#: exact pairs cost ``AUTO_NS_EXACT`` per pair as a float64 GEMM (``AUTO_NS_EXACT_COLUMNS`` on
+#: the column path: template columns, or a float32 layer beyond the GEMM's accuracy bound),
+#: neighbour hashing ``AUTO_NS_NEIGHBOUR`` per pair inside the boxes, and the Chebyshev
+#: transform ``AUTO_NS_CHEBYSHEV_GRID`` per (range + K) x m^L core entry and per K x m^2
+#: transform entry, plus ``AUTO_NS_CHEBYSHEV_POINT`` per point x m^(L-1).
 AUTO_NS_EXACT = 5.0
 AUTO_NS_EXACT_COLUMNS = 20.0
 AUTO_NS_NEIGHBOUR = 90.0
@@ -309,7 +309,9 @@ class HyperLayer(nn.Module):
         if pairs <= AUTO_EXACT_MAX_PAIRS:
             halves = [(n - 1) / 2 for n in self.learned_sizes]
             bound = max(h / sm for h, sm in zip(halves, smin)) ** 2 if min(smin) > 0 else math.inf
-            gemm = s.dtype == torch.float64 or bound <= GEMM_F32_BOUND
+            # template columns or a float32 layer beyond the accuracy bound: the column path
+            gemm = len(self.learn) == len(self.sizes) and (
+                s.dtype == torch.float64 or bound <= GEMM_F32_BOUND)
             costs["exact"] = (AUTO_NS_EXACT if gemm else AUTO_NS_EXACT_COLUMNS) * pairs
         if len(self.learn) == len(self.sizes):
             ms = chebyshev_degrees([(n - 1) / 2 for n in self.learned_sizes], smin, p)
