@@ -306,15 +306,15 @@ class HyperLayer(nn.Module):
                 return "neighbours"
             return "exact" if cover > AUTO_EXACT_COVER_OTHER else "neighbours"
         costs = {"neighbours": AUTO_NS_NEIGHBOUR * pairs * cover}
+        halves = [(n - 1) / 2 for n in self.learned_sizes]
         if pairs <= AUTO_EXACT_MAX_PAIRS:
-            halves = [(n - 1) / 2 for n in self.learned_sizes]
             bound = max(h / sm for h, sm in zip(halves, smin)) ** 2 if min(smin) > 0 else math.inf
             # template columns or a float32 layer beyond the accuracy bound: the column path
             gemm = len(self.learn) == len(self.sizes) and (
                 s.dtype == torch.float64 or bound <= GEMM_F32_BOUND)
             costs["exact"] = (AUTO_NS_EXACT if gemm else AUTO_NS_EXACT_COLUMNS) * pairs
         if len(self.learn) == len(self.sizes):
-            ms = chebyshev_degrees([(n - 1) / 2 for n in self.learned_sizes], smin, p)
+            ms = chebyshev_degrees(halves, smin, p)
             if ms is not None:
                 core, rest = math.prod(ms), math.prod(ms[1:])
                 costs["chebyshev"] = contexts * AUTO_NS_CHEBYSHEV_GRID * (
