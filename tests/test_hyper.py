@@ -115,6 +115,27 @@ def test_contract_non_contiguous_and_bad_input() -> None:
         sparse_contract(x, oi.int(), ii, w, 3)
     with pytest.raises(ValueError, match="equal length"):
         sparse_contract(x, oi, ii[:1], w, 3)
+    for bad_out, bad_in in ((oi, torch.tensor([5, 1])), (torch.tensor([0, 3]), ii),
+                            (torch.tensor([-1, 0]), ii), (oi, torch.tensor([0, -2]))):
+        with pytest.raises(ValueError, match="must lie in"):
+            sparse_contract(x, bad_out, bad_in, w, 3)
+
+
+def test_contract_empty_and_sorted_bags() -> None:
+    # no entries / an empty batch: zeros with zero gradients; unsorted outputs with repeats
+    x = torch.randn(3, 4, requires_grad=True)
+    w = torch.randn(0, requires_grad=True)
+    e = torch.zeros(0, dtype=torch.long)
+    y = sparse_contract(x, e, e, w, 2)
+    y.sum().backward()
+    assert y.shape == (3, 2) and not y.any() and x.grad is not None and not x.grad.any()
+    x0 = torch.randn(0, 4)
+    y0 = sparse_contract(x0, torch.tensor([1]), torch.tensor([2]), torch.ones(1), 2)
+    assert y0.shape == (0, 2)
+    oi, ii = torch.tensor([2, 0, 2, 1, 0]), torch.tensor([3, 3, 0, 1, 3])
+    w = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    torch.testing.assert_close(sparse_contract(x.detach(), oi, ii, w, 4),
+                               dense_contract(x.detach(), oi, ii, w, 4, None))
 
 
 # ----------------------------------------------------------------------------- transforms, sampling
