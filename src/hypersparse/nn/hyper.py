@@ -446,13 +446,7 @@ class SparseLayer(HyperLayer):
     ``raw_sigmas`` (K,), ``values`` (K,) (a buffer of ones when ``learn_values=False``).
     With ``learn_sigmas=False`` ``raw_sigmas`` is a buffer of zeros: every deviation is
     ``softplus(2) * sigma_scale * size * sigma_gain``, the same for all tuples, and only a
-    schedule (:class:`SigmaAnnealing`) changes it.
-
-    ``mean_init="uniform"`` draws every mean uniformly over index space. ``"stratified"`` gives
-    the K tuples evenly spread output coordinates instead (tuple ``j`` starts on output cell
-    ``floor((j + u_j) M / K)`` of the flattened ``out_shape``, ``u_j ~ U[0, 1)``), so every
-    output starts with ``K / M`` tuples when K is a multiple of M; input coordinates stay
-    uniform. Other arguments as for :class:`HyperLayer`.
+    schedule (:class:`SigmaAnnealing`) changes it. Other arguments as for :class:`HyperLayer`.
 
     Example:
         >>> layer = SparseLayer(32, 32, k=32, learn_values=False)
@@ -463,11 +457,8 @@ class SparseLayer(HyperLayer):
     """
 
     def __init__(self, in_shape: int | Sequence[int], out_shape: int | Sequence[int], k: int, *,
-                 learn_sigmas: bool = True, mean_init: str = "uniform", **kwargs: Any) -> None:
+                 learn_sigmas: bool = True, **kwargs: Any) -> None:
         super().__init__(in_shape, out_shape, k, **kwargs)
-        if mean_init not in ("uniform", "stratified"):
-            raise ValueError(f"mean_init must be 'uniform' or 'stratified', got {mean_init!r}")
-        self.mean_init = mean_init
         factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
         self.raw_means = nn.Parameter(torch.empty(k, len(self.learn), **factory))
         self.learn_sigmas = bool(learn_sigmas)
@@ -480,20 +471,10 @@ class SparseLayer(HyperLayer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """Means as ``mean_init`` says, raw sigmas 0, values N(0, min(1, M/K))."""
+        """Means uniform over index space, raw sigmas 0, values N(0, min(1, M/K))."""
         u = torch.rand(self.raw_means.shape, generator=self.generator, dtype=torch.float64)
         span = torch.tensor(self.learned_sizes, dtype=torch.float64) - 1  # (R',)
-        means = u * span  # (K, R')
-        out_cols = [i for i, c in enumerate(self.learn) if c < len(self.out_shape)]
-        if self.mean_init == "stratified" and out_cols:
-            jitter = torch.rand(self.k, generator=self.generator, dtype=torch.float64)
-            m = math.prod(self.out_shape)
-            flat = ((torch.arange(self.k, dtype=torch.float64) + jitter) * m / self.k).floor()
-            cells = torch.stack(torch.unravel_index(flat.long().clamp_(max=m - 1),
-                                                    self.out_shape), dim=1)  # (K, len(out))
-            for i in out_cols:
-                means[:, i] = cells[:, self.learn[i]].to(torch.float64)
-        self.raw_means.copy_(unbound_means(means, self.learned_sizes, mode=self.mean_bound))
+        self.raw_means.copy_(unbound_means(u * span, self.learned_sizes, mode=self.mean_bound))
         self.raw_sigmas.zero_()
         if self.values is not None:
             std = min(1.0, math.sqrt(math.prod(self.out_shape) / self.k))
@@ -505,8 +486,7 @@ class SparseLayer(HyperLayer):
         return self.raw_means, self.raw_sigmas, self.values
 
     def extra_repr(self) -> str:
-        s = super().extra_repr() + ("" if self.learn_sigmas else ", learn_sigmas=False")
-        return s + ("" if self.mean_init == "uniform" else f", mean_init={self.mean_init!r}")
+        return super().extra_repr() + ("" if self.learn_sigmas else ", learn_sigmas=False")
 
 
 def set_sigma_gain(module: nn.Module, gain: float) -> None:
