@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from hypersparse.functional import (
     bound_means,
     bound_sigmas,
+    distinct_indices,
     first_occurrence,
     linear_index,
     point_weights,
@@ -254,6 +255,17 @@ def test_linear_index_distinct_where_pairing_collides() -> None:
 def test_first_occurrence_batched() -> None:
     keys = torch.tensor([[1, 1, 2], [3, 4, 3]])
     assert first_occurrence(keys).tolist() == [[True, False, True], [True, True, False]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(keys=st.lists(st.integers(-5, 5), max_size=30))
+def test_distinct_indices_is_unique(keys: list[int]) -> None:
+    k = torch.tensor(keys, dtype=torch.long)
+    idx = distinct_indices(k)
+    assert torch.equal(k[idx], torch.unique(k))
+    assert torch.equal(torch.sort(idx).values, first_occurrence(k).nonzero().flatten())
+    with pytest.raises(ValueError, match="1-D"):
+        distinct_indices(k.view(1, -1))
 
 
 # ----------------------------------------------------------------------------- point weights

@@ -36,6 +36,7 @@ __all__ = [
     "bound_sigmas",
     "sample_points",
     "linear_index",
+    "distinct_indices",
     "first_occurrence",
     "log_densities",
     "point_weights",
@@ -282,10 +283,36 @@ def first_occurrence(keys: Tensor) -> Tensor:
     """
     if keys.shape[-1] == 0:
         return torch.zeros_like(keys, dtype=torch.bool)
+    order, first = _sorted_firsts(keys)
+    return torch.zeros_like(first).scatter_(-1, order, first)
+
+
+def distinct_indices(keys: Tensor) -> Tensor:
+    """Indices of the first copy of each distinct value, in increasing order of value.
+
+    ``keys[distinct_indices(keys)]`` is ``torch.unique(keys)``; a shared hyperlayer uses it to
+    keep each sampled point once, grouped by output index.
+
+    Shape:
+        keys: (P,) int64; output: (P',) int64, P' the number of distinct values.
+
+    Example:
+        >>> distinct_indices(torch.tensor([5, 3, 5, 3, 1])).tolist()
+        [4, 1, 0]
+    """
+    if keys.dim() != 1:
+        raise ValueError(f"keys must be 1-D, got shape {tuple(keys.shape)}")
+    order, first = _sorted_firsts(keys)
+    return order[first]
+
+
+def _sorted_firsts(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """The stable sorting permutation of ``keys`` (last dim) and, in sorted order, which
+    entries start a run of equal values."""
     sorted_keys, order = torch.sort(keys, dim=-1, stable=True)
     first = torch.ones_like(sorted_keys, dtype=torch.bool)
     first[..., 1:] = sorted_keys[..., 1:] != sorted_keys[..., :-1]
-    return torch.zeros_like(first).scatter_(-1, order, first)
+    return order, first
 
 
 def _fixed_mask(points: Tensor, means: Tensor, fixed: Sequence[int]) -> Tensor | None:

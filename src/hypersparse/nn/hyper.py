@@ -28,6 +28,7 @@ from ..functional.hyper import (
     bound_sigmas,
     check_mean_bound,
     const,
+    distinct_indices,
     first_occurrence,
     linear_index,
     point_weights,
@@ -348,10 +349,8 @@ class HyperLayer(nn.Module):
             idx = pts.flatten(-3, -2)  # (.., P, R)
             keep: Tensor | None = None
             if shared:  # one context: keep each distinct point once, in index order
-                keys, order = torch.sort(linear_index(idx, self.sizes))  # (P,)
-                first = torch.ones_like(keys, dtype=torch.bool)
-                first[1:] = keys[1:] != keys[:-1]
-                idx = idx.index_select(0, order[first])  # (P', R) sorted by output index
+                first = distinct_indices(linear_index(idx, self.sizes))  # (P',)
+                idx = idx.index_select(0, first)  # (P', R) sorted by output index
             else:
                 keep = first_occurrence(linear_index(idx, self.sizes))  # (.., P)
             weights = point_weights(idx, keep, means, sigmas, values, self.learn,
