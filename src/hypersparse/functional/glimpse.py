@@ -284,7 +284,7 @@ def heatmap_candidates(heat: Tensor, count: int, radius: int = 1) -> tuple[Tenso
     wr = rows[peak].unsqueeze(-1) + d.repeat_interleave(side)  # (B, G, N, side^2)
     wc = cols[peak].unsqueeze(-1) + d.repeat(side)  # (B, G, N, side^2)
     valid = (wr >= 0) & (wr < h) & (wc >= 0) & (wc < w)
-    cell = (wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)).reshape(b, g, -1)  # (B, G, N side^2)
+    cell = (wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)).reshape(b, g, count * side * side)
     vals = heat.flatten(2).gather(-1, cell).view(b, g, count, side * side)  # (B, G, N, side^2)
     vals = vals.masked_fill(~valid, float("-inf"))
     p = torch.softmax(vals, -1)
