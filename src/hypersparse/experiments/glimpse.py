@@ -157,7 +157,8 @@ class GlimpseNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and getattr(self.sampler, "candidates", None) is not None:
-            glimpses, _, logw = self.sampler.forward_candidates(x)  # (B, N, G, C, k, k)
+            sampler: Glimpse = self.sampler  # type: ignore[assignment]
+            glimpses, _, logw = sampler.forward_candidates(x)  # (B, N, G, C, k, k)
             b, n = logw.shape
             logits = self.head(glimpses.flatten(0, 1)).view(b, n, -1)  # (B, N, 10)
             return mixture_log_probs(logits, logw)
@@ -338,7 +339,7 @@ class GlimpseExperiment(Experiment):
         models, seconds = {}, {}
         for stage in self._stages(config):
             model = build(config, stage, ctx.device)
-            callbacks = []
+            callbacks: list[Any] = []
             if config.anneal_epochs is not None and not config.anneal_epochs > 0:
                 raise ValueError(f"anneal_epochs must be > 0 or None, got {config.anneal_epochs}")
             if stage == "glimpse" and config.sigma_start != config.sigma_end:

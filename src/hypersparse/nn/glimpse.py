@@ -20,8 +20,8 @@ from ..functional.glimpse import (
     box_grid,
     gather_glimpse,
     glimpse_boxes,
-    heatmap_candidates,
     glimpse_point_weights,
+    heatmap_candidates,
     sample_grid_points,
 )
 from ..functional.hyper import bound_sigmas
@@ -423,7 +423,8 @@ class Glimpse(HyperLayer):
         if n is None:
             raise ValueError("candidate_boxes needs candidates set to an int >= 1")
         seq: nn.Sequential = self.source  # type: ignore[assignment]
-        raw, score = seq[-1].candidates(seq[:-1](x), n, self.candidate_radius)  # (B,G,N,4)
+        last: SoftArgmaxBoxes = seq[-1]  # type: ignore[assignment]
+        raw, score = last.candidates(seq[:-1](x), n, self.candidate_radius)  # (B, G, N, 4)
         boxes = glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:])  # (B, N, G, 4)
         return boxes, torch.log_softmax(score.sum(1), -1)  # (B, N)
 
