@@ -8,8 +8,11 @@ Three stages, all through ``ctx.fit`` with the same :class:`TrainConfig` and bat
 * ``cnn``: a plain CNN on the full image;
 * ``stn``: the same source net and head, the glimpse read by ``grid_sample`` (bilinear).
 
-Cross-entropy on logits (the 2019 code's softmax-before-cross-entropy is not copied). The best
-checkpoint of each stage is chosen on the fixed validation set; test error is reported at it.
+With ``candidates > 1`` the glimpse stage trains on the mixture likelihood of the top heat-map
+peaks (multi-hypothesis training, see :class:`GlimpseNet`) and evaluates one glimpse, the top
+peak's. Cross-entropy on logits (the 2019 code's softmax-before-cross-entropy is not copied).
+The best checkpoint of each stage is chosen on the fixed validation set; test error is reported
+at it.
 """
 
 from __future__ import annotations
@@ -61,6 +64,15 @@ class GlimpseConfig:
     sigma_end: float = 0.1
     anneal_epochs: float | None = None
     source_lr: float = 1.0  # learning-rate multiplier of the box source (and sigmas)
+    # multi-hypothesis training (spatial source only): candidates > 1 reads, in training, the
+    # `candidates` separated heat-map peaks (each refined by a local soft-argmax in a window
+    # of radius `candidate_radius` cells) and trains on the mixture likelihood
+    # -log sum_j w_j p(y | glimpse_j), w = softmax of the peak logits; eval reads one glimpse,
+    # the top peak. candidate_epochs: after this many epochs train on the top peak alone
+    # (None: the mixture throughout). candidates=1: the whole-map soft-argmax box (as before).
+    candidates: int = 1
+    candidate_radius: int = 3
+    candidate_epochs: float | None = None
     cnn: bool = True
     stn: bool = True
     eval_batch: int = 500
@@ -134,14 +146,49 @@ class STNGlimpse(nn.Module):
 
 
 class GlimpseNet(nn.Module):
-    """``head(sampler(x))``: a glimpse sampler (hyperlayer or STN) and its classifier."""
+    """``head(sampler(x))``: a glimpse sampler (hyperlayer or STN) and its classifier.
+
+    When the sampler is a :class:`Glimpse` in candidate mode (``candidates`` an int), training
+    returns the mixture's log-probabilities ``log sum_j w_j softmax(head(glimpse_j))`` over its
+    candidates (normalised, so cross-entropy on them is the mixture's negative log-likelihood);
+    eval returns the logits of the top candidate's glimpse.
+    """
 
     def __init__(self, sampler: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.sampler, self.head = sampler, head
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.training and getattr(self.sampler, "candidates", None) is not None:
+            sampler: Glimpse = self.sampler  # type: ignore[assignment]
+            glimpses, _, logw = sampler.forward_candidates(x)  # (B, N, G, C, k, k)
+            b, n = logw.shape
+            logits = self.head(glimpses.flatten(0, 1)).view(b, n, -1)  # (B, N, 10)
+            return mixture_log_probs(logits, logw)
         return self.head(self.sampler(x))
+
+
+def mixture_log_probs(logits: Tensor, log_weights: Tensor) -> Tensor:
+    """``log sum_j exp(log_weights_j) softmax(logits_j)``: class log-probabilities of a mixture.
+
+    Shape: logits (B, N, K), log_weights (B, N) (normalised); output (B, K).
+    """
+    return torch.logsumexp(log_weights.unsqueeze(-1) + logits.log_softmax(-1), 1)  # (B, K)
+
+
+class CandidateSchedule:
+    """Training callback: multi-hypothesis training for ``steps`` steps, then the top candidate
+    alone (sets the glimpse's ``candidates`` from the step, so a resumed run continues it)."""
+
+    def __init__(self, steps: int, count: int) -> None:
+        self.steps, self.count = steps, count
+
+    def __call__(self, step: int, model: nn.Module, metrics: dict[str, float] | None = None
+                 ) -> bool:
+        for m in model.modules():
+            if isinstance(m, Glimpse) and m.candidates is not None:
+                m.candidates = self.count if step < self.steps else 1
+        return False
 
 
 def plain_cnn(canvas: int, channels: tuple[int, ...] = (32, 64, 64, 128)) -> nn.Sequential:
@@ -169,10 +216,15 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
     g = torch.Generator().manual_seed(config.seed)
     head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width)
     if kind == "glimpse":
+        if not isinstance(config.candidates, int) or config.candidates < 1:
+            raise ValueError(f"candidates must be an int >= 1, got {config.candidates!r}")
+        if config.candidates > 1 and config.source != "spatial":
+            raise ValueError(f"candidates > 1 needs source='spatial', got {config.source!r}")
         sampler = Glimpse(
             in_shape, config.size, config.glimpses, global_samples=config.global_samples,
             local_samples=config.local_samples, sigma_scale=config.sigma_scale, generator=g,
-            **_source_kwargs(config))
+            candidates=config.candidates if config.candidates > 1 else None,
+            candidate_radius=config.candidate_radius, **_source_kwargs(config))
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
         set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step
@@ -250,8 +302,10 @@ def _error(logits: Tensor, labels: Tensor) -> float:
 class GlimpseExperiment(Experiment):
     Config = GlimpseConfig
     presets = {
+        # 100x100: multi-hypothesis training (2 heat-map peaks) makes the box localise
         "full": {"canvas": 100, "distractors": 8, "glimpses": 1, "size": 32,
                  "extent": (0.25, 0.4), "init_extent": 0.3, "sigma_scale": 0.006,
+                 "candidates": 2, "candidate_radius": 2,
                  "train.epochs": 30, "train.schedule": "cosine"},
         "full8": {"canvas": 100, "distractors": 8, "glimpses": 8, "size": 12,
                   "extent": (0.1, 0.3), "init_extent": 0.2, "sigma_scale": 0.006,
@@ -290,7 +344,7 @@ class GlimpseExperiment(Experiment):
         models, seconds = {}, {}
         for stage in self._stages(config):
             model = build(config, stage, ctx.device)
-            callbacks = []
+            callbacks: list[Any] = []
             if config.anneal_epochs is not None and not config.anneal_epochs > 0:
                 raise ValueError(f"anneal_epochs must be > 0 or None, got {config.anneal_epochs}")
             if stage == "glimpse" and config.sigma_start != config.sigma_end:
@@ -300,6 +354,12 @@ class GlimpseExperiment(Experiment):
                 steps = max(1, steps)
                 anneal = SigmaAnnealing(steps, end=config.sigma_end, start=config.sigma_start)
                 callbacks.append(anneal)
+            if stage == "glimpse" and config.candidate_epochs is not None:
+                if not config.candidate_epochs > 0:
+                    raise ValueError(f"candidate_epochs must be > 0 or None, got "
+                                     f"{config.candidate_epochs}")
+                steps = max(1, round(config.candidate_epochs * len(train)))
+                callbacks.append(CandidateSchedule(steps, config.candidates))
             result = ctx.fit(model, classification_loss, train, config=config.train,
                              stage=stage, validate=validate, select="val_error", mode="min",
                              optimizer=_optimizer(model, config), callbacks=callbacks)

@@ -27,6 +27,7 @@ __all__ = [
     "glimpse_point_weights",
     "gather_glimpse",
     "sample_boxes",
+    "heatmap_candidates",
 ]
 
 
@@ -222,3 +223,73 @@ def sample_boxes(x: Tensor, boxes: Tensor, size: Sequence[int], *,
     out = F.grid_sample(x, grid.reshape(b, g * kh, kw, 2).to(x.dtype), mode=mode,
                         align_corners=True)  # (B, C, G*kh, kw)
     return out.view(b, c, g, kh, kw).transpose(1, 2)  # (B, G, C, kh, kw)
+
+
+def heatmap_candidates(heat: Tensor, count: int, radius: int = 1) -> tuple[Tensor, Tensor]:
+    """The ``count`` best separated peaks of each heat map, each refined by a local soft-argmax.
+
+    Peaks are picked greedily (non-maximum suppression): the highest cell, then the highest cell
+    farther than ``radius`` cells (Chebyshev distance) from every earlier pick, and so on; when
+    every cell is suppressed, the highest cell not yet picked. Each peak's position is the
+    soft-argmax of the logits in its ``(2 radius + 1)^2`` window (cells off the map left out),
+    its score the peak's logit. Candidates are sorted by score, best first (stable), so the
+    first is always the map's arg-max cell, whatever ``count``. Picking carries no gradient;
+    positions and scores are differentiable w.r.t. the logits.
+
+    Args:
+        heat: heat-map logits, finite.
+        count: candidates per map, ``1 <= count <= h * w``.
+        radius: suppression and refinement radius in cells, ``>= 0``.
+
+    Shape:
+        heat: (B, G, h, w); output: positions (B, G, count, 2) as (row, col) in cell units,
+        scores (B, G, count).
+
+    Example:
+        >>> heat = torch.full((1, 1, 1, 6), -9.0)
+        >>> heat[0, 0, 0, 1], heat[0, 0, 0, 4] = 1.0, 2.0
+        >>> pos, score = heatmap_candidates(heat, 2, radius=0)
+        >>> pos[0, 0].tolist()
+        [[0.0, 4.0], [0.0, 1.0]]
+    """
+    if not isinstance(heat, Tensor) or heat.dim() != 4 or not heat.is_floating_point():
+        raise ValueError(f"heat must be a floating (B, G, h, w) tensor, got "
+                         f"{getattr(heat, 'shape', type(heat))}")
+    b, g, h, w = heat.shape
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= h * w:
+        raise ValueError(f"count must be an int in [1, h * w = {h * w}], got {count!r}")
+    if not isinstance(radius, int) or isinstance(radius, bool) or radius < 0:
+        raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+    if not bool(torch.isfinite(heat).all()):
+        raise ValueError("heat must be finite")
+    dev = heat.device
+    flat = heat.detach().flatten(2)  # (B, G, hw)
+    rows = torch.arange(h, device=dev).repeat_interleave(w)  # (hw,)
+    cols = torch.arange(w, device=dev).repeat(h)  # (hw,)
+    near = torch.zeros(b, g, h * w, dtype=torch.bool, device=dev)
+    taken = torch.zeros_like(near)
+    peaks = []
+    for _ in range(count):
+        free = flat.masked_fill(near, float("-inf")).argmax(-1)  # (B, G)
+        rest = flat.masked_fill(taken, float("-inf")).argmax(-1)  # (B, G)
+        idx = torch.where((~near).any(-1), free, rest)  # (B, G)
+        peaks.append(idx)
+        taken.scatter_(-1, idx.unsqueeze(-1), True)
+        dr = (rows - rows[idx].unsqueeze(-1)).abs()  # (B, G, hw)
+        dc = (cols - cols[idx].unsqueeze(-1)).abs()  # (B, G, hw)
+        near |= (dr <= radius) & (dc <= radius)
+    peak = torch.stack(peaks, -1)  # (B, G, N)
+    d = torch.arange(-radius, radius + 1, device=dev)
+    side = 2 * radius + 1
+    wr = rows[peak].unsqueeze(-1) + d.repeat_interleave(side)  # (B, G, N, side^2)
+    wc = cols[peak].unsqueeze(-1) + d.repeat(side)  # (B, G, N, side^2)
+    valid = (wr >= 0) & (wr < h) & (wc >= 0) & (wc < w)
+    cell = (wr.clamp(0, h - 1) * w + wc.clamp(0, w - 1)).reshape(b, g, count * side * side)
+    vals = heat.flatten(2).gather(-1, cell).view(b, g, count, side * side)  # (B, G, N, side^2)
+    vals = vals.masked_fill(~valid, float("-inf"))
+    p = torch.softmax(vals, -1)
+    pos = torch.stack([(p * wr.to(p.dtype)).sum(-1), (p * wc.to(p.dtype)).sum(-1)], -1)
+    score = heat.flatten(2).gather(-1, peak)  # (B, G, N): the peak logits
+    order = score.detach().argsort(dim=-1, descending=True, stable=True)  # (B, G, N)
+    pos = pos.gather(2, order.unsqueeze(-1).expand(b, g, count, 2))  # (B, G, N, 2)
+    return pos, score.gather(2, order)

@@ -21,6 +21,7 @@ from ..functional.glimpse import (
     gather_glimpse,
     glimpse_boxes,
     glimpse_point_weights,
+    heatmap_candidates,
     sample_grid_points,
 )
 from ..functional.hyper import bound_sigmas
@@ -158,18 +159,41 @@ class SoftArgmaxBoxes(nn.Module):
         cols = self.offset + self.stride * torch.arange(w, dtype=f.dtype, device=f.device)
         return torch.stack([(p.sum(-1) * rows).sum(-1), (p.sum(-2) * cols).sum(-1)], -1)
 
-    def forward(self, f: Tensor) -> Tensor:
+    def _frac(self, f: Tensor) -> Tensor:
+        """Extent fractions (B, G, 2) from the pooled features."""
         b = f.shape[0]
         pooled = torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)  # (B, 2C)
         z = self.extent(pooled).view(b, self.glimpses, 2)  # (B, G, 2)
-        frac = (self.lo + (self.hi - self.lo) * torch.sigmoid(z)).clamp(1e-4, 1 - 1e-4)
-        span = torch.tensor([self.image[0] - 1, self.image[1] - 1], dtype=f.dtype,
-                            device=f.device)
-        ext = frac * span  # (B, G, 2)
+        return (self.lo + (self.hi - self.lo) * torch.sigmoid(z)).clamp(1e-4, 1 - 1e-4)
+
+    def _raw(self, centres: Tensor, frac: Tensor) -> Tensor:
+        """Raw ``(cy, cx, sh, sw)`` (..., 4) of boxes with these centres (..., 2) (image index
+        coordinates) and extent fractions (..., 2), clamped at the border (straight-through)."""
+        span = torch.tensor([self.image[0] - 1, self.image[1] - 1], dtype=frac.dtype,
+                            device=frac.device)
+        ext = frac * span  # (..., 2)
         free = (span - ext).clamp(min=1e-6)
-        u = (self.centres(f) - ext / 2) / free  # (B, G, 2): corner fraction of the free range
+        u = (centres - ext / 2) / free  # (..., 2): corner fraction of the free range
         u = u + (u.clamp(1e-4, 1 - 1e-4) - u).detach()  # straight-through clamp
-        return torch.cat([torch.logit(u), torch.logit(frac)], -1).reshape(b, 4 * self.glimpses)
+        return torch.cat([torch.logit(u), torch.logit(frac)], -1)
+
+    def forward(self, f: Tensor) -> Tensor:
+        b = f.shape[0]
+        return self._raw(self.centres(f), self._frac(f)).reshape(b, 4 * self.glimpses)
+
+    def candidates(self, f: Tensor, count: int, radius: int = 1) -> tuple[Tensor, Tensor]:
+        """``count`` candidate boxes per glimpse: the separated peaks of its heat map, each
+        centred at the local soft-argmax of its window (:func:`~hypersparse.functional.
+        heatmap_candidates`), with the extent of :meth:`forward`; and their scores (the peak
+        logits), best first (the first is the heat map's arg-max cell for every ``count``).
+
+        Shape:
+            f: (B, C, h, w); output: raw boxes (B, G, count, 4), scores (B, G, count).
+        """
+        pos, score = heatmap_candidates(self.heat(f), count, radius)  # (B,G,N,2), (B,G,N)
+        centres = self.offset + self.stride * pos  # (B, G, N, 2)
+        frac = self._frac(f).unsqueeze(2).expand_as(centres)  # (B, G, N, 2)
+        return self._raw(centres, frac), score
 
     def extra_repr(self) -> str:
         return (f"glimpses={self.glimpses}, image={self.image}, stride={self.stride}, "
@@ -278,6 +302,16 @@ class Glimpse(HyperLayer):
             ``source_kwargs``.
         global_samples, local_samples, region, sigma_scale, min_sigma: as for
             :class:`~hypersparse.nn.HyperLayer`.
+        candidates: None (default): each glimpse's box is the source's output (for the
+            spatial source, the soft-argmax of the whole heat map). An int ``N >= 1`` needs a
+            source ending in :class:`SoftArgmaxBoxes` and selects *candidate mode*: the box is
+            the top-scoring of ``N`` separated heat-map peaks, each centred at the soft-argmax
+            of its ``(2 candidate_radius + 1)^2``-cell window (:meth:`candidate_boxes`);
+            :meth:`forward_candidates` reads all ``N`` (multi-hypothesis training), while
+            :meth:`forward` and :meth:`boxes` use the top one only. May be reassigned (e.g.
+            annealed) between steps.
+        candidate_radius: suppression and refinement radius of the candidates, in heat-map
+            cells.
         generator: RNG for sampling and for the default source's initial boxes.
         device, dtype: of the parameters and buffers.
 
@@ -302,6 +336,8 @@ class Glimpse(HyperLayer):
         region: int | Sequence[int] | None = None,
         sigma_scale: float = 0.01,
         min_sigma: float = 0.05,
+        candidates: int | None = None,
+        candidate_radius: int = 3,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -338,6 +374,12 @@ class Glimpse(HyperLayer):
             raise TypeError(f"source_kwargs {sorted(source_kwargs)} need the default source")
         self.source = source
         self.raw_sigmas = nn.Parameter(torch.zeros(glimpses, **factory))
+        if not isinstance(candidate_radius, int) or isinstance(candidate_radius, bool) or \
+                candidate_radius < 0:
+            raise ValueError(f"candidate_radius must be an int >= 0, got {candidate_radius!r}")
+        self.candidate_radius = candidate_radius
+        self.candidates = candidates
+        self._candidate_count()  # validates
 
     # ------------------------------------------------------------------ the hypernetwork
     def boxes(self, x: Tensor) -> Tensor:
@@ -345,11 +387,61 @@ class Glimpse(HyperLayer):
 
         Shape: x (B, C, H, W); output (B, G, 4).
         """
+        if self.candidates is not None:
+            return self.candidate_boxes(x)[0][:, 0]  # (B, G, 4): the top candidate
         raw = self.source(x)
         if raw.shape != (x.shape[0], 4 * self.glimpses):
             raise ValueError(f"source must return (B, {4 * self.glimpses}) raw boxes, got "
                              f"{tuple(raw.shape)}")
         return glimpse_boxes(raw.view(x.shape[0], self.glimpses, 4), self.in_shape[1:])  # (B,G,4)
+
+    def _candidate_count(self) -> int | None:
+        n = self.candidates
+        if n is None:
+            return None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"candidates must be None or an int >= 1, got {n!r}")
+        if not isinstance(self.source, nn.Sequential) or \
+                not isinstance(self.source[-1], SoftArgmaxBoxes):
+            raise ValueError("candidates need a source ending in SoftArgmaxBoxes (e.g. "
+                             "box_source(kind='spatial')), got "
+                             f"{type(self.source).__name__}")
+        return n
+
+    def candidate_boxes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The ``candidates`` boxes per glimpse, best first, and their log mixture weights.
+
+        Hypothesis ``n`` takes the ``n``-th best candidate of every glimpse; its weight is the
+        softmax over hypotheses of the candidates' scores (peak logits) summed over glimpses
+        (for one glimpse: the heat map's softmax at the peaks, renormalised over them). The
+        first hypothesis, the arg-max cells, does not depend on ``candidates``.
+
+        Shape:
+            x: (B, C, H, W); output: boxes (B, N, G, 4), log weights (B, N).
+        """
+        n = self._candidate_count()
+        if n is None:
+            raise ValueError("candidate_boxes needs candidates set to an int >= 1")
+        seq: nn.Sequential = self.source  # type: ignore[assignment]
+        last: SoftArgmaxBoxes = seq[-1]  # type: ignore[assignment]
+        raw, score = last.candidates(seq[:-1](x), n, self.candidate_radius)  # (B, G, N, 4)
+        boxes = glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:])  # (B, N, G, 4)
+        return boxes, torch.log_softmax(score.sum(1), -1)  # (B, N)
+
+    def forward_candidates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All candidate glimpses (sampled in training, nearest pixel in eval).
+
+        Shape:
+            x: (B, C, H, W); output: glimpses (B, N, G, C, kh, kw), boxes (B, N, G, 4),
+            log weights (B, N).
+        """
+        x = self._check(x)
+        boxes, logw = self.candidate_boxes(x)
+        b, n = boxes.shape[:2]
+        flat = boxes.reshape(b, n * self.glimpses, 4)  # (B, N G, 4)
+        pts, weights = self._points(self._means(flat), self.training)
+        out = gather_glimpse(x, pts, weights)  # (B, N G, C, Q)
+        return out.reshape(b, n, *self.out_shape), boxes, logw
 
     def sigmas(self) -> Tensor:
         """Per-glimpse standard deviations over (row, col), shape (G, 2), times the
@@ -386,7 +478,8 @@ class Glimpse(HyperLayer):
         pts = sample_grid_points(means, (h, w), global_samples=self.global_samples,
                                  local_samples=self.local_samples, region=self.region,
                                  generator=self.generator)  # (B, G, Q, S, 2)
-        sig = self.sigmas().view(1, self.glimpses, 1, 2)  # (1, G, 1, 2)
+        reps = means.shape[1] // self.glimpses  # candidates read as extra glimpses
+        sig = self.sigmas().repeat(reps, 1).view(1, reps * self.glimpses, 1, 2)  # (1, NG, 1, 2)
         return pts, glimpse_point_weights(pts, means, sig)
 
     def forward_with_boxes(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -458,4 +551,5 @@ class Glimpse(HyperLayer):
         return (f"in_shape={self.in_shape}, size={self.size}, glimpses={self.glimpses}, "
                 f"global_samples={self.global_samples}, local_samples={self.local_samples}, "
                 f"region={self.region}, sigma_scale={self.sigma_scale}, "
-                f"min_sigma={self.min_sigma}")
+                f"min_sigma={self.min_sigma}, candidates={self.candidates}, "
+                f"candidate_radius={self.candidate_radius}")
