@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+import hypersparse.functional.contract as C
 from hypersparse.functional import (
     bound_means,
     bound_sigmas,
@@ -120,6 +121,20 @@ def test_contract_non_contiguous_and_bad_input() -> None:
                             (torch.tensor([-1, 0]), ii), (oi, torch.tensor([0, -2]))):
         with pytest.raises(ValueError, match="must lie in"):
             sparse_contract(x, bad_out, bad_in, w, 3)
+
+
+@pytest.mark.parametrize("gather_max", [0, 2**62])
+def test_contract_weight_gradient_paths(gather_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # large problems recompute embedding_bag for the weight gradient, small ones gather
+    monkeypatch.setattr(C, "GATHER_MAX_ELEMENTS", gather_max)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(15, dtype=torch.float64, generator=g, requires_grad=True)
+    oi, ii = torch.randint(0, 5, (15,), generator=g), torch.randint(0, 7, (15,), generator=g)
+    oi[3], ii[3] = oi[2], ii[2]  # a repeated entry
+    assert torch.autograd.gradcheck(lambda x, w: sparse_contract(x, oi, ii, w, 5), (x, w))
+    ref = dense_contract(x.detach(), oi, ii, w.detach(), 5, None)
+    torch.testing.assert_close(sparse_contract(x, oi, ii, w, 5), ref)
 
 
 def test_contract_grouped_entries() -> None:

@@ -19,14 +19,20 @@ from torch import Tensor
 
 __all__ = ["sparse_contract"]
 
+# Below this many gathered elements (P * B; 256 KB of float32, glibc's default mmap threshold)
+# the weight gradient gathers its (P, B) rows: cheaper than recomputing embedding_bag through
+# autograd, and too small for the allocator to return them to the kernel every step.
+GATHER_MAX_ELEMENTS = 2**16
+
 
 class _SharedContract(torch.autograd.Function):
     """One entry list for every instance, on the transposed input (N, B), entries grouped by
     output row. Forward: a weighted ``embedding_bag`` (bag m = the entries of output row m).
     Weight gradient: ``embedding_bag``'s own per-sample-weight gradient (one length-B dot
-    product per entry). Neither builds the (P, B) gathered rows of an ``index_select`` pair: at
-    n = 256 those were ~3 MB of temporaries per train step, which glibc returned to the kernel
-    and faulted back in every step. The input gradient (not needed by a first layer) gathers."""
+    product per entry; small problems gather instead, see ``GATHER_MAX_ELEMENTS``). Neither
+    builds the (P, B) gathered rows of an ``index_select`` pair: at n = 256 those were ~3 MB of
+    temporaries per train step, which glibc returned to the kernel and faulted back in every
+    step. The input gradient (not needed by a first layer) gathers."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, out_idx: Tensor, in_idx: Tensor, w: Tensor,
@@ -36,8 +42,7 @@ class _SharedContract(torch.autograd.Function):
         else:
             order = torch.argsort(out_idx)  # (P,) entries grouped by output row: the bags
             rows, cols, ws = out_idx[order], in_idx[order], w[order]
-        bags = torch.cat([rows.new_zeros(1),
-                          torch.bincount(rows, minlength=out_size).cumsum(0)])  # (M + 1,)
+        bags = torch.searchsorted(rows, torch.arange(out_size + 1, device=rows.device))  # (M+1,)
         xt = x.T.contiguous()  # (N, B)
         yt = F.embedding_bag(cols, xt, bags, mode="sum", per_sample_weights=ws,
                              include_last_offset=True)  # (M, B)
@@ -50,11 +55,14 @@ class _SharedContract(torch.autograd.Function):
         gyt = gy.T.contiguous()  # (M, B)
         gx = gw = None
         if ctx.needs_input_grad[3]:
-            with torch.enable_grad():  # recompute the (cheap) bags for their weight gradient
-                leaf = ws.detach().requires_grad_()
-                yt = F.embedding_bag(cols, xt, bags, mode="sum", per_sample_weights=leaf,
-                                     include_last_offset=True)  # (M, B)
-                (gws,) = torch.autograd.grad(yt, leaf, gyt)
+            if rows.numel() * xt.shape[1] <= GATHER_MAX_ELEMENTS:  # small: two gathers
+                gws = (gyt.index_select(0, rows) * xt.index_select(0, cols)).sum(1)  # (P,)
+            else:
+                with torch.enable_grad():  # recompute the (cheap) bags for their weight grad
+                    leaf = ws.detach().requires_grad_()
+                    yt = F.embedding_bag(cols, xt, bags, mode="sum", per_sample_weights=leaf,
+                                         include_last_offset=True)  # (M, B)
+                    (gws,) = torch.autograd.grad(yt, leaf, gyt)
             gw = gws if order is None else torch.empty_like(gws).index_copy_(0, order, gws)
         if ctx.needs_input_grad[0]:
             gys = gyt.index_select(0, rows).mul_(ws.unsqueeze(1))  # (P, B)
