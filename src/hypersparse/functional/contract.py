@@ -3,8 +3,9 @@
 The weight tensor is a list of entries ``(out_index m, in_index n, weight w)`` over flattened
 ``out_shape`` / ``in_shape``; it is either shared by the whole batch, or each entry belongs to
 one instance (``batch[j]``). Memory is O(entries + B * (M + N)): the shared case is a weighted
-``embedding_bag``, forward and weight gradient (no (P, B) intermediate); the batched
-case's custom backward recomputes the gathered inputs instead of saving them.
+``embedding_bag``, forward and weight gradient (no (P, B) intermediate above
+``GATHER_MAX_ELEMENTS``); the batched case's custom backward recomputes the gathered inputs
+instead of saving them.
 
 Axis letters: B batch, P entries, M flattened output size, N flattened input size.
 """
