@@ -356,10 +356,8 @@ class HyperLayer(nn.Module):
             weights = point_weights(idx, keep, means, sigmas, values, self.learn,
                                     method=self.method(sigmas, idx.shape[-2]), cutoff=self.cutoff,
                                     sizes=self.sizes)
-            if shared:
-                return Connections(idx, weights, None, grouped=True)
-        if shared:
-            return Connections(idx, weights, None)
+        if shared:  # sampled points are distinct and sorted by index: grouped by output
+            return Connections(idx, weights, None, grouped=sample)
         b, p = idx.shape[0], idx.shape[1]
         batch = torch.arange(b, device=idx.device).repeat_interleave(p)  # (B*P,)
         return Connections(idx.reshape(b * p, r), weights.reshape(b * p), batch)
