@@ -224,3 +224,41 @@ def test_local_box_offset(region: int) -> None:
     local = pts[:, 2:, 0].double()  # (K, 4000): after the 2 corners
     offset = float((local.mean(1) - mu.squeeze(-1)).mean())
     assert offset == pytest.approx(0.0 if region % 2 else -0.5, abs=0.03)
+
+
+@pytest.mark.parametrize("region", [3, 4])
+def test_local_box_alternate(region: int) -> None:
+    # "alternate": odd-numbered tuples take the mirrored box (half a cell above the mean for an
+    # even region), even-numbered ones the default box; odd regions stay centred.
+    mu = (20 + (torch.arange(200, dtype=torch.float64) + 0.5) / 200 - 0.5)  # (K,)
+    mu = mu[torch.randperm(200, generator=torch.Generator().manual_seed(1))].unsqueeze(-1)
+    pts = sample_points(mu, [64], [0], global_samples=0, local_samples=4000, region=region,
+                        local_box="alternate", generator=torch.Generator().manual_seed(0))
+    off = pts[:, 2:, 0].double().mean(1) - mu.squeeze(-1)  # (K,)
+    half = 0.0 if region % 2 else 0.5
+    assert float(off[0::2].mean()) == pytest.approx(-half, abs=0.03)
+    assert float(off[1::2].mean()) == pytest.approx(half, abs=0.03)
+    low = sample_points(mu, [64], [0], global_samples=0, local_samples=4000, region=region,
+                        generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pts[0::2], low[0::2])  # even tuples: the default box, same draws
+
+
+def test_local_box_alternate_edges_and_batches() -> None:
+    # mirrored boxes are shifted back into range at both edges; batched means alternate along K
+    mu = torch.tensor([[0.0, 0.0], [0.2, 0.0], [6.9, 7.0], [7.0, 7.0]]).expand(3, 4, 2)
+    pts = sample_points(mu, [8, 8], [0, 1], global_samples=0, local_samples=500,
+                        local_box="alternate", generator=torch.Generator().manual_seed(0))
+    assert pts.shape == (3, 4, 4 + 500, 2)
+    assert bool((pts >= 0).all() and (pts < 8).all())
+    local = pts[..., 4:, :]  # (3, 4, 500, 2)
+    assert set(local[:, 1].flatten().tolist()) == {0, 1, 2, 3}  # box [-1, 2] shifted to [0, 3]
+    assert set(local[:, 3].flatten().tolist()) == {4, 5, 6, 7}  # box [6, 9] shifted to [4, 7]
+
+
+def test_local_box_rejects_unknown() -> None:
+    with pytest.raises(ValueError, match="local_box"):
+        sample_points(torch.zeros(2, 1), [4], [0], local_box="centre")
+    with pytest.raises(ValueError, match="local_box"):
+        SparseLayer(4, 4, 4, local_box="high")
+    layer = SparseLayer(4, 4, 4, local_box="alternate")
+    assert "local_box='alternate'" in repr(layer) and "local_box" not in repr(SparseLayer(4, 4, 4))

@@ -27,6 +27,7 @@ class IdentityConfig:
     global_samples: int = 4
     local_samples: int = 4
     region: int = 4
+    local_box: str = "low"  # or "alternate": half the tuples' boxes mirrored (no net drift)
     normalisation: str = "auto"
     mean_bound: str = "sigmoid"  # or "reflect": linear, reflected at the edges (the presets)
     # "learned": every tuple learns its deviation (sigma_scale sets the start);
@@ -64,7 +65,7 @@ def make_layer(config: IdentityConfig, device: torch.device | str = "cpu") -> Sp
                        global_samples=config.global_samples,
                        local_samples=config.local_samples, region=min(config.region, n),
                        normalisation=config.normalisation, mean_bound=config.mean_bound,
-                       device=device)
+                       local_box=config.local_box, device=device)
 
 
 def annealing(config: IdentityConfig) -> SigmaAnnealing | None:

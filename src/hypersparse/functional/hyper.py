@@ -32,6 +32,8 @@ __all__ = [
     "bound_means",
     "unbound_means",
     "MEAN_BOUNDS",
+    "LOCAL_BOXES",
+    "check_local_box",
     "check_mean_bound",
     "bound_sigmas",
     "sample_points",
@@ -76,6 +78,15 @@ def _size_tensor(sizes: Sequence[int], like: Tensor) -> Tensor:
 
 
 MEAN_BOUNDS = ("sigmoid", "reflect")
+
+
+LOCAL_BOXES = ("low", "alternate")
+
+
+def check_local_box(local_box: str) -> None:
+    """Raise ``ValueError`` unless ``local_box`` names a local box (:func:`sample_points`)."""
+    if local_box not in LOCAL_BOXES:
+        raise ValueError(f"local_box must be one of {LOCAL_BOXES}, got {local_box!r}")
 
 
 def check_mean_bound(mode: str) -> None:
@@ -175,17 +186,20 @@ def _corner_offsets(n: int, device: torch.device) -> Tensor:
 
 def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
                   global_samples: int = 4, local_samples: int = 4,
-                  region: int | Sequence[int] = 4,
+                  region: int | Sequence[int] = 4, local_box: str = "low",
                   generator: torch.Generator | None = None) -> Tensor:
     """Integer points per tuple, in bounds, carrying no gradient.
 
     Per tuple: the ``2^L`` corners ``floor(mu) + {0, 1}`` over the learned columns (clamped into
     range), ``global_samples`` points uniform over the learned columns' whole range and
     ``local_samples`` points uniform in a ``region`` box starting at ``round(mu) - region // 2``
-    (shifted to stay in bounds; for an even region its centre lies half a cell below ``mu`` on
-    average, which measurably helps the identity task: docs/hyperlayer.md). Template columns are
-    ``round(mu)``. Random numbers come from ``generator`` (default:
-    the global torch RNG).
+    (shifted to stay in bounds). For an even region that box's centre lies half a cell below
+    ``mu`` on average (``local_box="low"``, the default); with ``local_box="alternate"`` the
+    odd-numbered tuples (along K) take the mirrored box, starting one cell higher, so half the
+    tuples are biased down and half up: every tuple keeps a constant push, but a chain of tuples
+    feels none on the whole (what the identity task needs at n >= 128: docs/hyperlayer.md).
+    Odd regions are centred on ``round(mu)`` either way. Template columns are ``round(mu)``.
+    Random numbers come from ``generator`` (default: the global torch RNG).
 
     Args:
         means: tuple means in index space (see :func:`bound_means`).
@@ -193,6 +207,7 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
         learn: the learned columns (the others are fixed by a template).
         global_samples, local_samples: G and L.
         region: the local box's side, one int for all learned columns or one per column.
+        local_box: ``"low"`` or ``"alternate"`` (above).
 
     Shape:
         means: (..., K, R); output: (..., K, S, R) int64 with ``S = 2^L + G + L``.
@@ -211,6 +226,7 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
         raise ValueError(f"learn must be distinct columns in [0, {r}), got {learn}")
     if global_samples < 0 or local_samples < 0:
         raise ValueError(f"sample counts must be >= 0, got {global_samples}, {local_samples}")
+    check_local_box(local_box)
     regions = [int(region)] * len(learn) if isinstance(region, int) else [int(g) for g in region]
     if len(regions) != len(learn):
         raise ValueError(f"region needs one entry per learned column ({len(learn)}), got {region}")
@@ -239,7 +255,11 @@ def sample_points(means: Tensor, sizes: Sequence[int], learn: Sequence[int], *,
         parts.append((u * size_l).long())  # (..., K, G, L)
     if local_samples:
         reg = const(regions, torch.long, mu.device)
-        start = (base.index_select(-1, cols) - reg // 2).clamp_(min=0)
+        start = base.index_select(-1, cols) - reg // 2  # (..., K, L)
+        if local_box == "alternate":
+            odd = torch.arange(lead[-1], device=mu.device) % 2  # (K,)
+            start = start + odd.unsqueeze(-1) * (1 - reg % 2)  # mirrored box, even regions only
+        start = start.clamp_(min=0)
         start = torch.minimum(start, size_l - reg)  # (..., K, L)
         u = torch.rand(*lead, local_samples, nl, generator=generator, device=mu.device,
                        dtype=torch.float64)

@@ -26,6 +26,7 @@ from ..functional.hyper import (
     MAX_LINEAR,
     bound_means,
     bound_sigmas,
+    check_local_box,
     check_mean_bound,
     const,
     distinct_indices,
@@ -100,6 +101,9 @@ class HyperLayer(nn.Module):
         local_samples: L, points per tuple uniform in a ``region`` box around the rounded mean.
         region: side of the local box (one int, or one per learned column; default
             ``min(4, size)``); larger than a learned dimension is an error.
+        local_box: ``"low"`` (an even box half a cell below the mean on average) or
+            ``"alternate"`` (odd-numbered tuples take the mirrored box, half a cell above; no
+            net drift along a chain of tuples): see :func:`~hypersparse.functional.sample_points`.
         sigma_scale: standard deviations are ``(softplus(raw + 2) + min_sigma) * sigma_scale *
             size`` per learned column.
         min_sigma: floor of the size-relative deviation factor.
@@ -143,6 +147,7 @@ class HyperLayer(nn.Module):
         global_samples: int = 4,
         local_samples: int = 4,
         region: int | Sequence[int] | None = None,
+        local_box: str = "low",
         sigma_scale: float = 0.1,
         min_sigma: float = 0.0,
         learn_values: bool = True,
@@ -181,6 +186,8 @@ class HyperLayer(nn.Module):
         self.normalisation, self.cutoff = normalisation, float(cutoff)
         check_mean_bound(mean_bound)
         self.mean_bound = mean_bound
+        check_local_box(local_box)
+        self.local_box = local_box
 
         if learn_cols is None:
             learn_cols = range(r) if template is None else range(len(self.out_shape), r)
@@ -345,6 +352,7 @@ class HyperLayer(nn.Module):
             pts = sample_points(means, self.sizes, self.learn,
                                 global_samples=self.global_samples,
                                 local_samples=self.local_samples, region=self.region,
+                                local_box=self.local_box,
                                 generator=generator or self.generator)  # (.., K, S, R)
             idx = pts.flatten(-3, -2)  # (.., P, R)
             keep: Tensor | None = None
@@ -424,6 +432,8 @@ class HyperLayer(nn.Module):
             s += ", learn_values=False"
         if self.mean_bound != "sigmoid":
             s += f", mean_bound={self.mean_bound!r}"
+        if self.local_box != "low":
+            s += f", local_box={self.local_box!r}"
         if self.bias is not None:
             s += ", bias=True"
         return s
