@@ -37,6 +37,31 @@ def test_smoke_run(tmp_path: Path, mnist_available: bool) -> None:
     assert again["test_error"] == s["test_error"]
 
 
+def test_baselines_alone(tmp_path: Path, mnist_available: bool) -> None:
+    from hypersparse.run import run_experiment
+
+    args = ["train.max_steps=2", "train.batch_size=8", "canvas=36", "size=8", "downsample=2",
+            "eval_digits=20", "eval_batch=20", "cnn_channels=[4,4]", "head_width=4"]
+    full = run_experiment("glimpse", args + ["stn=false"], out=tmp_path / "full",
+                          progress=False, device="cpu")
+    alone = run_experiment("glimpse", args + ["glimpse=false", "stn=false"],
+                           out=tmp_path / "alone", progress=False, device="cpu")
+    assert not (alone / "checkpoints" / "glimpse").exists()
+    s = json.loads((alone / "summary.json").read_text())
+    assert s["test_error"] is None and s["seconds_per_epoch"] is None
+    # the CNN stage does not depend on the stages before it: the same trained weights
+    from hypersparse.io import load_checkpoint
+
+    f = json.loads((full / "summary.json").read_text())
+    assert s["cnn_test_error"] == f["cnn_test_error"]
+    a, b = (load_checkpoint(d / "checkpoints" / "cnn" / "last.pt", torch.device("cpu"))["model"]
+            for d in (full, alone))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="nothing to train"):
+        run_experiment("glimpse", args + ["glimpse=false", "cnn=false", "stn=false"],
+                       out=tmp_path / "none", progress=False, device="cpu")
+
+
 def test_models_and_iou() -> None:
     cfg = GlimpseConfig(canvas=40, size=8, downsample=2, cnn_channels=(4, 4), head_width=4)
     x = torch.rand(3, 1, 40, 40)

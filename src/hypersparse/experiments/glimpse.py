@@ -73,6 +73,7 @@ class GlimpseConfig:
     candidates: int = 1
     candidate_radius: int = 3
     candidate_epochs: float | None = None
+    glimpse: bool = True  # False: the baselines alone (same seed: the same CNN/STN as a full run)
     cnn: bool = True
     stn: bool = True
     eval_batch: int = 500
@@ -325,7 +326,11 @@ class GlimpseExperiment(Experiment):
                 for s, d in sets.items()}
 
     def _stages(self, config: GlimpseConfig) -> list[str]:
-        return ["glimpse"] + (["cnn"] if config.cnn else []) + (["stn"] if config.stn else [])
+        stages = [s for s, on in (("glimpse", config.glimpse), ("cnn", config.cnn),
+                                  ("stn", config.stn)) if on]
+        if not stages:
+            raise ValueError("glimpse, cnn and stn are all false: nothing to train")
+        return stages
 
     def run(self, config: GlimpseConfig, ctx: RunContext) -> dict[str, Any]:
         if config.size < 4 and config.head == "cnn":
@@ -342,7 +347,8 @@ class GlimpseExperiment(Experiment):
                     "val_error": _error(logits, vy)}
 
         models, seconds = {}, {}
-        for stage in self._stages(config):
+        stages = self._stages(config)
+        for stage in stages:
             model = build(config, stage, ctx.device)
             callbacks: list[Any] = []
             if config.anneal_epochs is not None and not config.anneal_epochs > 0:
@@ -366,11 +372,12 @@ class GlimpseExperiment(Experiment):
             models[stage] = model
             seconds[stage] = result.train_seconds / max(result.epochs_done, 1e-9)
         summary = self.evaluate(config, ctx, models)
-        summary["seconds_per_epoch"] = seconds["glimpse"]
+        summary["seconds_per_epoch"] = seconds.get("glimpse")
         for stage in ("cnn", "stn"):
             if stage in seconds:
                 summary[f"{stage}_seconds_per_epoch"] = seconds[stage]
-        self._plot(config, ctx, models["glimpse"], models.get("stn"))
+        if "glimpse" in models:
+            self._plot(config, ctx, models["glimpse"], models.get("stn"))
         return summary
 
     def evaluate(self, config: GlimpseConfig, ctx: RunContext,
@@ -401,6 +408,8 @@ class GlimpseExperiment(Experiment):
             out[f"{prefix}params"] = count_parameters(model)
         for stage in ("cnn", "stn"):
             out.setdefault(f"{stage}_test_error", None)
+        for key in ("test_error", "val_error", "pixels_read_fraction"):
+            out.setdefault(key, None)  # glimpse=false: the baselines alone
         return out
 
     def _plot(self, config: GlimpseConfig, ctx: RunContext, model: nn.Module,
