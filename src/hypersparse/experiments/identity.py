@@ -99,11 +99,10 @@ class Identity(Experiment):
     presets = {
         "n64": {"n": 64, "sigma_schedule": "anneal", "sigma_start": 0.1, "anneal_steps": 4000,
                 "train.max_steps": 10000, "train.lr": 0.03, "train.schedule": "cosine"},
-        # reflected bound + alternating local boxes (docs/hyperlayer.md, "The local box")
+        # reflected bound, 40,000 annealing batches (docs/hyperlayer.md, "exact n = 256")
         "n256": {"n": 256, "sigma_schedule": "anneal", "sigma_start": 0.1,
                  "anneal_steps": 40000, "train.max_steps": 50000, "train.lr": 0.0075,
-                 "train.schedule": "cosine", "mean_bound": "reflect", "local_box": "alternate",
-                 "check_every": 50},
+                 "train.schedule": "cosine", "mean_bound": "reflect", "check_every": 50},
     }
     presets["full"] = dict(presets["n64"])
 
