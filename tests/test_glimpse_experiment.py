@@ -48,7 +48,7 @@ def test_baselines_alone(tmp_path: Path, mnist_available: bool) -> None:
                            out=tmp_path / "alone", progress=False, device="cpu")
     assert not (alone / "checkpoints" / "glimpse").exists()
     s = json.loads((alone / "summary.json").read_text())
-    assert s["test_error"] is None and s["seconds_per_epoch"] is None
+    assert s["test_error"] is None and s["seconds_per_epoch"] is None and s["params"] is None
     # the CNN stage does not depend on the stages before it: the same trained weights
     from hypersparse.io import load_checkpoint
 

@@ -408,7 +408,7 @@ class GlimpseExperiment(Experiment):
             out[f"{prefix}params"] = count_parameters(model)
         for stage in ("cnn", "stn"):
             out.setdefault(f"{stage}_test_error", None)
-        for key in ("test_error", "val_error", "pixels_read_fraction"):
+        for key in ("test_error", "val_error", "pixels_read_fraction", "params"):
             out.setdefault(key, None)  # glimpse=false: the baselines alone
         return out
 
