@@ -347,8 +347,7 @@ class GlimpseExperiment(Experiment):
                     "val_error": _error(logits, vy)}
 
         models, seconds = {}, {}
-        stages = self._stages(config)
-        for stage in stages:
+        for stage in self._stages(config):
             model = build(config, stage, ctx.device)
             callbacks: list[Any] = []
             if config.anneal_epochs is not None and not config.anneal_epochs > 0:
