@@ -74,6 +74,22 @@ def test_models_and_iou() -> None:
     torch.testing.assert_close(box_iou(b, t), torch.tensor([1.0, 0.5]))
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3])
+def test_cnn_head_blocks(blocks: int) -> None:
+    head = GlimpseHead(2, 1, 16, "cnn", width=4, blocks=blocks)
+    convs = [m for m in head.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4 << i for i in range(blocks)]
+    # 2 glimpses x the last width x (16 / 2^blocks)^2 features reach the classifier
+    assert head.classify[0].in_features == 2 * (4 << (blocks - 1)) * (16 >> blocks) ** 2
+    assert head(torch.rand(3, 2, 1, 16, 16)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("blocks", [0, 5, 2.0])
+def test_cnn_head_bad_blocks_raise(blocks: object) -> None:
+    with pytest.raises(ValueError, match="head_blocks"):
+        GlimpseHead(1, 1, 16, "cnn", blocks=blocks)  # type: ignore[arg-type]
+
+
 def test_sources_build() -> None:
     x = torch.rand(2, 1, 40, 40)
     for source, extent in (("dense", (0.0, 1.0)), ("dense", (0.3, 0.5)), ("spatial", (0.3, 0.5))):
@@ -100,3 +116,56 @@ def test_sigma_annealing_in_run(tmp_path: Path, mnist_available: bool) -> None:
     state = load_checkpoint(out / "checkpoints" / "glimpse" / "last.pt", torch.device("cpu"))
     gain = state["model"]["sampler.sigma_gain"]
     assert float(gain) == pytest.approx(0.5)  # annealed over all 4 steps
+
+
+# ----------------------------------------------------------------------------- the reader
+
+
+def _reader_cfg(**kw: object) -> GlimpseConfig:
+    return GlimpseConfig(canvas=40, size=8, downsample=2, cnn_channels=(4, 4), head_width=4,
+                         reader_width=4, reader_blocks=2, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("candidates", [1, 2])
+def test_reader_does_not_change_the_sampler_or_head(candidates: int) -> None:
+    """The reader learns from the detached top glimpse: with and without it, the sampler and
+    the head start and train identically; the reader trains, and eval uses it."""
+    from hypersparse.experiments.glimpse import glimpse_loss
+
+    x, y = torch.rand(6, 1, 40, 40), torch.randint(0, 10, (6,))
+    runs = []
+    for reader in (False, True):
+        model = build(_reader_cfg(reader=reader, candidates=candidates), "glimpse",
+                      torch.device("cpu"))
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        model.train()
+        for step in range(3):
+            torch.manual_seed(step)  # the sampler's random points, as fit() seeds them
+            loss, metrics = glimpse_loss(model, (x, y))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert ("reader_accuracy" in metrics) == reader
+        runs.append((model, start))
+    (plain, start0), (read, start1) = runs
+    for k, v in plain.state_dict().items():  # sampler and head: the same start, the same end
+        assert torch.equal(start0[k], start1[k]) and torch.equal(v, read.state_dict()[k]), k
+    assert read.reader is not None and plain.reader is None
+    moved = [k for k, v in read.reader.state_dict().items()
+             if not torch.equal(v, start1[f"reader.{k}"])]
+    assert moved  # the reader trained
+    read.eval()
+    glimpses = read.sampler(x)  # type: ignore[operator]
+    torch.testing.assert_close(read(x), read.reader(glimpses))
+    assert not torch.allclose(read(x), read.head(glimpses))
+
+
+def test_reader_gets_no_gradient_into_the_sampler() -> None:
+    model = build(_reader_cfg(reader=True, candidates=2), "glimpse", torch.device("cpu")).train()
+    x = torch.rand(4, 1, 40, 40)
+    _, reader_logits = model(x)
+    reader_logits.sum().backward()
+    assert all(p.grad is None for p in model.sampler.parameters())
+    assert all(p.grad is None for p in model.head.parameters())
+    assert all(p.grad is not None for p in model.reader.parameters())  # type: ignore[union-attr]

@@ -32,7 +32,7 @@ from ..nn.hyper import SigmaAnnealing, set_sigma_gain
 from ..run import RunContext
 from ..train import TrainConfig, make_optimizer
 from .base import Experiment, register_experiment
-from .common import classification_loss, count_parameters
+from .common import accuracy, classification_loss, count_parameters
 
 
 @dataclass
@@ -47,6 +47,12 @@ class GlimpseConfig:
     pool: Literal["stride", "avg"] = "stride"
     head: Literal["cnn", "mlp"] = "cnn"
     head_width: int = 32
+    head_blocks: int = 2  # cnn head: conv blocks (widths w, 2w, 4w, ...), each pooled by 2
+    # reader: a second cnn head of reader_blocks blocks (width reader_width) that learns from
+    # the detached top glimpse and classifies at eval; the head then only trains the box
+    reader: bool = False
+    reader_blocks: int = 3
+    reader_width: int = 32
     cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
     global_samples: int = 2
     local_samples: int = 4
@@ -95,13 +101,14 @@ def conv_block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
 class GlimpseHead(nn.Module):
     """Classifier over G glimpses (B, G, C, k, k).
 
-    ``cnn``: a shared per-glimpse CNN (conv w -> pool -> conv 2w -> pool, 3x3 with batch
-    norm), features concatenated -> Linear(128) -> ReLU -> Linear(10). ``mlp``: the 2019 head,
-    Linear(k*k*C*G, 32) -> ReLU -> Linear(10).
+    ``cnn``: a shared per-glimpse CNN of ``blocks`` 3x3 conv blocks with batch norm, widths
+    ``w, 2w, 4w, ...``, each followed by a 2x2 max pool; features concatenated ->
+    Linear(128) -> ReLU -> Linear(10). ``mlp``: the 2019 head, Linear(k*k*C*G, 32) -> ReLU ->
+    Linear(10).
     """
 
     def __init__(self, glimpses: int, channels: int, size: int, kind: str = "cnn",
-                 width: int = 32) -> None:
+                 width: int = 32, blocks: int = 2) -> None:
         super().__init__()
         self.kind = kind
         if kind == "mlp":
@@ -109,9 +116,16 @@ class GlimpseHead(nn.Module):
             n = glimpses * channels * size * size
             self.classify = nn.Sequential(nn.Linear(n, 32), nn.ReLU(), nn.Linear(32, 10))
         elif kind == "cnn":
-            self.features = nn.Sequential(*conv_block(channels, width, True),
-                                          *conv_block(width, 2 * width, True))
-            n = glimpses * 2 * width * (size // 4) ** 2
+            if not isinstance(blocks, int) or blocks < 1 or size >> blocks < 1:
+                raise ValueError(f"head_blocks must be an int in [1, log2(size)] = "
+                                 f"[1, {size.bit_length() - 1}], got {blocks!r}")
+            layers: list[nn.Module] = []
+            c = channels
+            for i in range(blocks):
+                layers += conv_block(c, width << i, True)
+                c = width << i
+            self.features = nn.Sequential(*layers)
+            n = glimpses * c * (size >> blocks) ** 2
             self.classify = nn.Sequential(nn.Linear(n, 128), nn.ReLU(), nn.Linear(128, 10))
         else:
             raise ValueError(f"head must be 'cnn' or 'mlp', got {kind!r}")
@@ -153,20 +167,51 @@ class GlimpseNet(nn.Module):
     returns the mixture's log-probabilities ``log sum_j w_j softmax(head(glimpse_j))`` over its
     candidates (normalised, so cross-entropy on them is the mixture's negative log-likelihood);
     eval returns the logits of the top candidate's glimpse.
+
+    With a ``reader`` (a second classifier), the reader learns from the *detached* glimpse of the
+    top candidate (the one eval reads), so it never changes where the sampler looks: ``head``
+    trains the box (its gradient flows into the sampler), ``reader`` classifies. Training then
+    returns ``(head output, reader logits)``; eval returns the reader's logits.
     """
 
-    def __init__(self, sampler: nn.Module, head: nn.Module) -> None:
+    def __init__(self, sampler: nn.Module, head: nn.Module, reader: nn.Module | None = None
+                 ) -> None:
         super().__init__()
-        self.sampler, self.head = sampler, head
+        self.sampler, self.head, self.reader = sampler, head, reader
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.training and getattr(self.sampler, "candidates", None) is not None:
+    def classify(self, glimpses: Tensor) -> Tensor:
+        """Logits of the glimpses (B, G, C, k, k) at eval: the reader's if there is one."""
+        return self.head(glimpses) if self.reader is None else self.reader(glimpses)
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        if not self.training:
+            return self.classify(self.sampler(x))
+        if getattr(self.sampler, "candidates", None) is not None:
             sampler: Glimpse = self.sampler  # type: ignore[assignment]
             glimpses, _, logw = sampler.forward_candidates(x)  # (B, N, G, C, k, k)
             b, n = logw.shape
             logits = self.head(glimpses.flatten(0, 1)).view(b, n, -1)  # (B, N, 10)
-            return mixture_log_probs(logits, logw)
-        return self.head(self.sampler(x))
+            out, top = mixture_log_probs(logits, logw), glimpses[:, 0]  # top: (B, G, C, k, k)
+        else:
+            top = self.sampler(x)  # (B, G, C, k, k)
+            out = self.head(top)
+        if self.reader is None:
+            return out
+        return out, self.reader(top.detach())
+
+
+def glimpse_loss(model: nn.Module, batch: tuple[Tensor, ...]
+                 ) -> tuple[Tensor, dict[str, float]]:
+    """Cross-entropy of the glimpse stage: of the head's output, plus of the reader's logits
+    when the model has a reader (training returns both); the batch accuracies as metrics."""
+    x, y = batch
+    out = model(x)
+    if not isinstance(out, tuple):
+        return F.cross_entropy(out, y), {"accuracy": accuracy(out.detach(), y)}
+    head, reader = out
+    loss = F.cross_entropy(head, y) + F.cross_entropy(reader, y)
+    return loss, {"accuracy": accuracy(head.detach(), y),
+                  "reader_accuracy": accuracy(reader.detach(), y)}
 
 
 def mixture_log_probs(logits: Tensor, log_weights: Tensor) -> Tensor:
@@ -215,7 +260,16 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
     torch.manual_seed(config.seed)
     in_shape = (1, config.canvas, config.canvas)
     g = torch.Generator().manual_seed(config.seed)
-    head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width)
+    head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width,
+                       config.head_blocks)
+    reader = None
+    if config.reader:
+        # its own RNG stream: the sampler and head start (and, the reader's input being
+        # detached, train) exactly as without a reader
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            reader = GlimpseHead(config.glimpses, 1, config.size, "cnn", config.reader_width,
+                                 config.reader_blocks)
     if kind == "glimpse":
         if not isinstance(config.candidates, int) or config.candidates < 1:
             raise ValueError(f"candidates must be an int >= 1, got {config.candidates!r}")
@@ -229,10 +283,10 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
         set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step
-        model: nn.Module = GlimpseNet(sampler, head)
+        model: nn.Module = GlimpseNet(sampler, head, reader)
     elif kind == "stn":
         model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
-                                      **_source_kwargs(config)), head)
+                                      **_source_kwargs(config)), head, reader)
     elif kind == "cnn":
         model = plain_cnn(config.canvas, config.cnn_channels)
     else:
@@ -253,7 +307,7 @@ def _predict(model: nn.Module, x: Tensor, device: torch.device, batch: int) -> d
         if isinstance(model, GlimpseNet):
             sampler: Glimpse | STNGlimpse = model.sampler  # type: ignore[assignment]
             glimpses, boxes = sampler.forward_with_boxes(xb)
-            out["logits"].append(model.head(glimpses))
+            out["logits"].append(model.classify(glimpses))
             out["boxes"].append(boxes)
             if isinstance(sampler, Glimpse):
                 out["read"].append(sampler.pixels_read(xb))
@@ -365,7 +419,8 @@ class GlimpseExperiment(Experiment):
                                      f"{config.candidate_epochs}")
                 steps = max(1, round(config.candidate_epochs * len(train)))
                 callbacks.append(CandidateSchedule(steps, config.candidates))
-            result = ctx.fit(model, classification_loss, train, config=config.train,
+            loss = classification_loss if stage == "cnn" else glimpse_loss
+            result = ctx.fit(model, loss, train, config=config.train,
                              stage=stage, validate=validate, select="val_error", mode="min",
                              optimizer=_optimizer(model, config), callbacks=callbacks)
             models[stage] = model
