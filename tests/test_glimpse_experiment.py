@@ -169,3 +169,21 @@ def test_reader_gets_no_gradient_into_the_sampler() -> None:
     assert all(p.grad is None for p in model.sampler.parameters())
     assert all(p.grad is None for p in model.head.parameters())
     assert all(p.grad is not None for p in model.reader.parameters())  # type: ignore[union-attr]
+
+
+def test_smoke_run_with_reader(tmp_path: Path, mnist_available: bool) -> None:
+    from hypersparse.run import evaluate_run, run_experiment
+
+    out = run_experiment(
+        "glimpse",
+        ["train.max_steps=2", "train.batch_size=8", "canvas=36", "size=8", "downsample=2",
+         "eval_digits=20", "eval_batch=20", "head_width=4", "cnn=false", "reader=true",
+         "reader_width=4", "reader_blocks=2", "candidates=2", "candidate_radius=1"],
+        out=tmp_path / "r", progress=False, device="cpu",
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("reader_accuracy" in r for r in rows if r.get("stage") == "glimpse")
+    assert any("reader_accuracy" in r for r in rows if r.get("stage") == "stn")
+    s = json.loads((out / "summary.json").read_text())
+    assert isinstance(s["test_error"], float) and isinstance(s["stn_test_error"], float)
+    assert evaluate_run(out, device="cpu")["test_error"] == s["test_error"]
