@@ -187,3 +187,16 @@ def test_smoke_run_with_reader(tmp_path: Path, mnist_available: bool) -> None:
     s = json.loads((out / "summary.json").read_text())
     assert isinstance(s["test_error"], float) and isinstance(s["stn_test_error"], float)
     assert evaluate_run(out, device="cpu")["test_error"] == s["test_error"]
+
+
+def test_source_channels() -> None:
+    for source, extent in (("dense", (0.0, 1.0)), ("spatial", (0.3, 0.5))):
+        cfg = GlimpseConfig(canvas=40, size=8, downsample=2, head_width=4, source=source,
+                            extent=extent, init_extent=0.4,  # type: ignore[arg-type]
+                            source_channels=(3, 5, 7))
+        for kind in ("glimpse", "stn"):
+            model = build(cfg, kind, torch.device("cpu"))
+            convs = [m for m in model.sampler.source.modules()  # type: ignore[union-attr]
+                     if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (5, 5)]
+            assert [c.out_channels for c in convs] == [3, 5, 7]
+            assert model.eval()(torch.rand(2, 1, 40, 40)).shape == (2, 10)

@@ -63,6 +63,7 @@ class GlimpseConfig:
     init_extent: float = 0.47
     extent: tuple[float, float] = (0.4, 0.6)
     source: Literal["dense", "spatial"] = "spatial"
+    source_channels: tuple[int, ...] = (16, 32)  # the source's conv widths (5x5 each)
     # sigma_gain of the hyperlayer glimpse, annealed geometrically from sigma_start to sigma_end
     # over anneal_epochs (None: the whole training), so that training reads nearly what eval's
     # nearest pixel reads
@@ -252,7 +253,7 @@ def plain_cnn(canvas: int, channels: tuple[int, ...] = (32, 64, 64, 128)) -> nn.
 def _source_kwargs(config: GlimpseConfig) -> dict[str, Any]:
     return {"downsample": config.downsample, "pool": config.pool,
             "init_extent": config.init_extent, "extent": tuple(config.extent),
-            "kind": config.source}
+            "kind": config.source, "channels": tuple(config.source_channels)}
 
 
 def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
