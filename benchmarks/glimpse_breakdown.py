@@ -1,0 +1,109 @@
+"""Where a glimpse run's errors come from (issue 9; numbers in docs/glimpse.md).
+
+Not a benchmark: an analysis of finished ``hypersparse run glimpse`` runs. For the glimpse
+stage's best checkpoint, on the fixed validation and test sets, it splits the images by how
+much of the digit's 28x28 box the eval glimpse's box covers ("well read": at least 90%), and
+counts the errors of the classifier eval uses (the reader when there is one), of the head
+alone (when there is a reader), and of a same-harness CNN run's best checkpoint, image by
+image. It also reports where the badly covered boxes are (distance of the box centre from the
+digit's centre) and which digits they hold.
+
+Run (one or more glimpse runs, each with the CNN run of the same seed)::
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/glimpse_breakdown.py \
+        RUN_DIR[:CNN_RUN_DIR] [...] [--out results/glimpse_breakdown.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hypersparse.experiments.glimpse import GlimpseConfig, GlimpseNet, _fixed_set, build
+from hypersparse.io import atomic_write_json, load_checkpoint
+from hypersparse.run import config_from_dict
+
+CPU = torch.device("cpu")
+
+
+def load(run: Path, stage: str) -> tuple[GlimpseConfig, nn.Module]:
+    """The config and the best checkpoint of ``stage`` of a glimpse run."""
+    saved = json.loads((run / "config.json").read_text())
+    if saved.get("experiment") != "glimpse":
+        raise ValueError(f"{run} is not a glimpse run (experiment {saved.get('experiment')!r})")
+    config = config_from_dict(GlimpseConfig, saved["config"])
+    model = build(config, stage, CPU)
+    model.load_state_dict(load_checkpoint(run / "checkpoints" / stage / "best.pt", CPU)["model"])
+    return config, model.eval()
+
+
+@torch.no_grad()
+def chunks(fn: Any, x: Tensor, n: int = 500) -> Tensor:
+    return torch.cat([fn(x[i : i + n]) for i in range(0, x.shape[0], n)])
+
+
+@torch.no_grad()
+def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
+    config, model = load(run, "glimpse")
+    if not isinstance(model, GlimpseNet):
+        raise TypeError("expected a GlimpseNet")
+    data = _fixed_set(config.dataset, split, config.canvas, config.distractors)
+    x, labels = data.float(), data.labels
+    glimpses = chunks(model.sampler, x)  # (N, G, C, k, k)
+    boxes = chunks(model.sampler.boxes, x)[:, 0]  # type: ignore[arg-type]  # (N, 4), first glimpse
+    wrong = {"eval": chunks(model.classify, glimpses).argmax(-1) != labels}
+    if model.reader is not None:
+        wrong["head"] = chunks(model.head, glimpses).argmax(-1) != labels
+    if cnn_run is not None:
+        _, cnn = load(cnn_run, "cnn")
+        wrong["cnn"] = chunks(cnn, x).argmax(-1) != labels
+    truth = data.boxes.float()  # (N, 4): top, left, bottom, right (inclusive)
+    hi = torch.minimum(boxes[:, 2:], truth[:, 2:])
+    lo = torch.maximum(boxes[:, :2], truth[:, :2])
+    cover = (hi - lo + 1).clamp(min=0).prod(-1) / 28**2  # fraction of the digit's box covered
+    well = cover >= 0.9
+    dist = ((boxes[:, :2] + boxes[:, 2:]) / 2 - (truth[:, :2] + truth[:, 2:]) / 2).norm(dim=-1)
+    q = torch.tensor([0.25, 0.5, 0.75])
+    out: dict[str, Any] = {
+        "run": str(run), "cnn_run": None if cnn_run is None else str(cnn_run), "split": split,
+        "images": len(labels), "well_read": int(well.sum()),
+        "box_height": float((boxes[:, 2] - boxes[:, 0]).mean()),
+        "box_width": float((boxes[:, 3] - boxes[:, 1]).mean()),
+        "badly_read_centre_distance_quartiles": torch.quantile(dist[~well], q).tolist()
+        if (~well).any() else None,
+        "badly_read_labels": torch.bincount(labels[~well], minlength=10).tolist(),
+    }
+    for name, w in wrong.items():
+        out[f"{name}_errors"] = int(w.sum())
+        out[f"{name}_errors_well_read"] = int((w & well).sum())
+        out[f"{name}_errors_badly_read"] = int((w & ~well).sum())
+        out[f"{name}_error"] = float(w.float().mean())
+        out[f"{name}_badly_read_wrong_labels"] = torch.bincount(labels[w & ~well],
+                                                                minlength=10).tolist()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:CNN_RUN_DIR")
+    parser.add_argument("--splits", default="val,test")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    results = []
+    for spec in args.runs:
+        run, _, cnn = spec.partition(":")
+        for split in args.splits.split(","):
+            r = breakdown(Path(run), Path(cnn) if cnn else None, split)
+            results.append(r)
+            print(json.dumps(r))
+    if args.out:
+        atomic_write_json(args.out, {"results": results})
+
+
+if __name__ == "__main__":
+    main()
