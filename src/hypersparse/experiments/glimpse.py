@@ -10,7 +10,9 @@ Three stages, all through ``ctx.fit`` with the same :class:`TrainConfig` and bat
 
 With ``candidates > 1`` the glimpse stage trains on the mixture likelihood of the top heat-map
 peaks (multi-hypothesis training, see :class:`GlimpseNet`) and evaluates one glimpse, the top
-peak's. Cross-entropy on logits (the 2019 code's softmax-before-cross-entropy is not copied).
+peak's. With ``reader=true`` (the ``full`` preset) a second classifier learns from the detached
+top glimpse and classifies at eval, while the head only trains the box. Cross-entropy on
+logits (the 2019 code's softmax-before-cross-entropy is not copied).
 The best checkpoint of each stage is chosen on the fixed validation set; test error is reported
 at it.
 """
