@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from hypersparse.experiments.common import batched
 from hypersparse.experiments.glimpse import GlimpseConfig, GlimpseNet, _fixed_set, build
 from hypersparse.io import atomic_write_json, load_checkpoint
 from hypersparse.run import config_from_dict
@@ -43,25 +44,20 @@ def load(run: Path, stage: str) -> tuple[GlimpseConfig, nn.Module]:
 
 
 @torch.no_grad()
-def chunks(fn: Any, x: Tensor, n: int = 500) -> Tensor:
-    return torch.cat([fn(x[i : i + n]) for i in range(0, x.shape[0], n)])
-
-
-@torch.no_grad()
 def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
     config, model = load(run, "glimpse")
     if not isinstance(model, GlimpseNet):
         raise TypeError("expected a GlimpseNet")
     data = _fixed_set(config.dataset, split, config.canvas, config.distractors)
     x, labels = data.float(), data.labels
-    glimpses = chunks(model.sampler, x)  # (N, G, C, k, k)
-    boxes = chunks(model.sampler.boxes, x)[:, 0]  # type: ignore[arg-type]  # (N, 4), first glimpse
-    wrong = {"eval": chunks(model.classify, glimpses).argmax(-1) != labels}
+    glimpses = batched(model.sampler, x)  # (N, G, C, k, k)
+    boxes = batched(model.sampler.boxes, x)[:, 0]  # type: ignore[arg-type]  # (N, 4): glimpse 0
+    wrong = {"eval": batched(model.classify, glimpses).argmax(-1) != labels}
     if model.reader is not None:
-        wrong["head"] = chunks(model.head, glimpses).argmax(-1) != labels
+        wrong["head"] = batched(model.head, glimpses).argmax(-1) != labels
     if cnn_run is not None:
         _, cnn = load(cnn_run, "cnn")
-        wrong["cnn"] = chunks(cnn, x).argmax(-1) != labels
+        wrong["cnn"] = batched(cnn, x).argmax(-1) != labels
     truth = data.boxes.float()  # (N, 4): top, left, bottom, right (inclusive)
     hi = torch.minimum(boxes[:, 2:], truth[:, 2:])
     lo = torch.maximum(boxes[:, :2], truth[:, :2])
