@@ -200,3 +200,9 @@ def test_source_channels() -> None:
                      if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (5, 5)]
             assert [c.out_channels for c in convs] == [3, 5, 7]
             assert model.eval()(torch.rand(2, 1, 40, 40)).shape == (2, 10)
+
+
+def test_bad_reader_blocks_raise() -> None:
+    with pytest.raises(ValueError, match="reader_blocks"):
+        build(GlimpseConfig(canvas=40, size=8, downsample=2, head_width=4, reader=True,
+                            reader_blocks=4), "glimpse", torch.device("cpu"))

@@ -120,8 +120,9 @@ class GlimpseHead(nn.Module):
             self.classify = nn.Sequential(nn.Linear(n, 32), nn.ReLU(), nn.Linear(32, 10))
         elif kind == "cnn":
             if not isinstance(blocks, int) or blocks < 1 or size >> blocks < 1:
-                raise ValueError(f"head_blocks must be an int in [1, log2(size)] = "
-                                 f"[1, {size.bit_length() - 1}], got {blocks!r}")
+                raise ValueError(f"head_blocks / reader_blocks must be an int in "
+                                 f"[1, log2(size)] = [1, {size.bit_length() - 1}], "
+                                 f"got {blocks!r}")
             layers: list[nn.Module] = []
             c = channels
             for i in range(blocks):
