@@ -50,8 +50,10 @@ def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
         raise TypeError("expected a GlimpseNet")
     data = _fixed_set(config.dataset, split, config.canvas, config.distractors)
     x, labels = data.float(), data.labels
-    glimpses = batched(model.sampler, x)  # (N, G, C, k, k)
-    boxes = batched(model.sampler.boxes, x)[:, 0]  # type: ignore[arg-type]  # (N, 4): glimpse 0
+    read = [model.sampler.forward_with_boxes(x[i : i + 500])  # type: ignore[operator]
+            for i in range(0, len(x), 500)]
+    glimpses = torch.cat([g for g, _ in read])  # (N, G, C, k, k)
+    boxes = torch.cat([b for _, b in read])[:, 0]  # (N, 4): the first glimpse's box
     wrong = {"eval": batched(model.classify, glimpses).argmax(-1) != labels}
     if model.reader is not None:
         wrong["head"] = batched(model.head, glimpses).argmax(-1) != labels
