@@ -17,6 +17,7 @@ from hypersparse.functional import (
     gather_glimpse,
     glimpse_boxes,
     glimpse_point_weights,
+    jitter_boxes,
     linear_index,
     point_weights,
     sample_boxes,
@@ -201,6 +202,46 @@ def test_eval_equals_grid_sample_nearest(size: int | tuple[int, int], glimpses: 
         layer.raw_sigmas.fill_(-40.0)
     layer.train()
     torch.testing.assert_close(layer(x), ref)
+
+
+def test_read_given_boxes_is_the_eval_reading() -> None:
+    x = torch.rand(4, 2, 23, 31)
+    layer = layer_with_boxes(random_raw(4, 3), (2, 23, 31), (4, 7), 3).eval()
+    y, boxes = layer.forward_with_boxes(x)
+    layer.train()  # read() reads the nearest pixel in training too
+    torch.testing.assert_close(layer.read(x, boxes), y)
+    torch.testing.assert_close(layer.read(x, boxes),
+                               sample_boxes(x, boxes, (4, 7), mode="nearest"))
+    with pytest.raises(ValueError, match="boxes must be"):
+        layer.read(x, boxes[:, :2])
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(2, 60), w=st.integers(2, 60), shift=st.floats(0, 30),
+       seed=st.integers(0, 1000))
+def test_jitter_boxes_slide_inside_the_image(h: int, w: int, shift: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    boxes = glimpse_boxes(torch.randn(16, 2, 4, generator=g, dtype=torch.float64), (h, w))
+    out = jitter_boxes(boxes, shift, (h, w), generator=g)
+    assert out.shape == boxes.shape
+    torch.testing.assert_close(out[..., 2:] - out[..., :2], boxes[..., 2:] - boxes[..., :2])
+    d = out[..., :2] - boxes[..., :2]
+    assert bool((d.abs() <= shift + 1e-9).all())
+    assert bool((out[..., :2] >= -1e-9).all())
+    assert bool((out[..., 2] <= h - 1 + 1e-9).all()) and bool((out[..., 3] <= w - 1 + 1e-9).all())
+
+
+def test_jitter_boxes_moves_both_ways_and_zero_is_identity() -> None:
+    boxes = torch.tensor([[[40.0, 40.0, 59.0, 59.0]]]).expand(500, 1, 4)
+    out = jitter_boxes(boxes, 5.0, (100, 100), generator=torch.Generator().manual_seed(0))
+    d = out[:, 0, :2] - boxes[:, 0, :2]  # (500, 2)
+    assert float(d.min()) < -4 and float(d.max()) > 4  # uniform over [-5, 5] per axis
+    assert not torch.equal(d[:, 0], d[:, 1])  # independent axes
+    assert jitter_boxes(boxes, 0.0, (100, 100)) is boxes
+    with pytest.raises(ValueError, match="shift"):
+        jitter_boxes(boxes, -1.0, (100, 100))
+    with pytest.raises(ValueError, match="boxes"):
+        jitter_boxes(boxes[0], 1.0, (100, 100))
 
 
 def test_stn_reference_bilinear_is_interpolation() -> None:

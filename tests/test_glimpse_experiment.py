@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from hypersparse.experiments.glimpse import GlimpseConfig, GlimpseHead, box_iou, build
+from hypersparse.functional import jitter_boxes
 
 
 @pytest.mark.slow
@@ -126,16 +128,18 @@ def _reader_cfg(**kw: object) -> GlimpseConfig:
                          reader_width=4, reader_blocks=2, **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("candidates", [1, 2])
-def test_reader_does_not_change_the_sampler_or_head(candidates: int) -> None:
-    """The reader learns from the detached top glimpse: with and without it, the sampler and
-    the head start and train identically; the reader trains, and eval uses it."""
+@pytest.mark.parametrize("candidates,jitter", [(1, 0.0), (2, 0.0), (1, 3.0), (2, 3.0)])
+def test_reader_does_not_change_the_sampler_or_head(candidates: int, jitter: float) -> None:
+    """The reader learns from the detached top glimpse (jittered or not): with and without it,
+    the sampler and the head start and train identically; the reader trains, and eval uses
+    it."""
     from hypersparse.experiments.glimpse import glimpse_loss
 
     x, y = torch.rand(6, 1, 40, 40), torch.randint(0, 10, (6,))
     runs = []
     for reader in (False, True):
-        model = build(_reader_cfg(reader=reader, candidates=candidates), "glimpse",
+        model = build(_reader_cfg(reader=reader, candidates=candidates,
+                                  reader_jitter=jitter if reader else 0.0), "glimpse",
                       torch.device("cpu"))
         start = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -159,6 +163,42 @@ def test_reader_does_not_change_the_sampler_or_head(candidates: int) -> None:
     glimpses = read.sampler(x)  # type: ignore[operator]
     torch.testing.assert_close(read(x), read.reader(glimpses))
     assert not torch.allclose(read(x), read.head(glimpses))
+
+
+def test_reader_jitter_moves_what_the_reader_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With reader_jitter the reader sees the top box slid by at most that many pixels, read
+    at the nearest pixels; without it, the top glimpse itself."""
+    import hypersparse.experiments.glimpse as mod
+
+    calls: list[tuple[Tensor, Tensor]] = []
+
+    def spy(boxes: Tensor, shift: float, sizes: object) -> Tensor:
+        out = jitter_boxes(boxes, shift, sizes)  # type: ignore[arg-type]
+        calls.append((boxes, out))
+        return out
+
+    monkeypatch.setattr(mod, "jitter_boxes", spy)
+    x = torch.rand(8, 1, 40, 40)
+    for jitter in (0.0, 3.0):
+        model = build(_reader_cfg(reader=True, reader_jitter=jitter), "glimpse",
+                      torch.device("cpu")).train()
+        assert model.reader is not None
+        seen: list[Tensor] = []
+        hook = model.reader.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0]))
+        model(x)
+        hook.remove()
+        if jitter == 0:
+            assert not calls  # the top glimpse as the head saw it
+            continue
+        (before, after), = calls
+        d = after - before
+        assert float(d.abs().max()) <= 3.0 and float(d.abs().max()) > 0
+        torch.testing.assert_close(seen[0], model.sampler.read(x, after))  # type: ignore[operator]
+        model.eval()
+        _, top = model.sampler.forward_with_boxes(x)  # type: ignore[operator]
+        torch.testing.assert_close(before, top)
+    with pytest.raises(ValueError, match="reader_jitter"):
+        build(_reader_cfg(reader=True, reader_jitter=-1.0), "glimpse", torch.device("cpu"))
 
 
 def test_reader_gets_no_gradient_into_the_sampler() -> None:

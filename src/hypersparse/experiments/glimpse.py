@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import ClutteredBatches, ClutteredImages, cluttered_set, default_distractors, digits
-from ..functional.glimpse import sample_boxes
+from ..functional.glimpse import jitter_boxes, sample_boxes
 from ..nn.glimpse import Glimpse, box_source
 from ..nn.hyper import SigmaAnnealing, set_sigma_gain
 from ..run import RunContext
@@ -55,6 +55,10 @@ class GlimpseConfig:
     reader: bool = False
     reader_blocks: int = 3
     reader_width: int = 32
+    # reader_jitter > 0: the reader learns from the top box slid by up to this many pixels per
+    # axis (uniform), read as eval reads it (nearest pixel), so it learns to read a digit the
+    # box only partly covers; 0: from the top glimpse as the head saw it
+    reader_jitter: float = 0.0
     cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
     global_samples: int = 2
     local_samples: int = 4
@@ -158,7 +162,11 @@ class STNGlimpse(nn.Module):
 
     def forward_with_boxes(self, x: Tensor) -> tuple[Tensor, Tensor]:
         boxes = self.boxes(x)
-        return sample_boxes(x, boxes, (self.size, self.size)), boxes
+        return self.read(x, boxes), boxes
+
+    def read(self, x: Tensor, boxes: Tensor) -> Tensor:
+        """The glimpses (B, G, C, k, k) of given boxes (B, G, 4)."""
+        return sample_boxes(x, boxes, (self.size, self.size))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_boxes(x)[0]
@@ -175,13 +183,22 @@ class GlimpseNet(nn.Module):
     With a ``reader`` (a second classifier), the reader learns from the *detached* glimpse of the
     top candidate (the one eval reads), so it never changes where the sampler looks: ``head``
     trains the box (its gradient flows into the sampler), ``reader`` classifies. Training then
-    returns ``(head output, reader logits)``; eval returns the reader's logits.
+    returns ``(head output, reader logits)``; eval returns the reader's logits. With
+    ``reader_jitter > 0`` the reader learns instead from the top box slid at random by up to
+    that many pixels (:func:`~hypersparse.functional.jitter_boxes`), read by ``sampler.read``.
     """
 
-    def __init__(self, sampler: nn.Module, head: nn.Module, reader: nn.Module | None = None
-                 ) -> None:
+    def __init__(self, sampler: nn.Module, head: nn.Module, reader: nn.Module | None = None,
+                 reader_jitter: float = 0.0) -> None:
         super().__init__()
+        if not isinstance(reader_jitter, (int, float)) or isinstance(reader_jitter, bool) or \
+                not reader_jitter >= 0:
+            raise ValueError(f"reader_jitter must be a number >= 0, got {reader_jitter!r}")
         self.sampler, self.head, self.reader = sampler, head, reader
+        self.reader_jitter = float(reader_jitter)
+
+    def extra_repr(self) -> str:
+        return f"reader_jitter={self.reader_jitter}" if self.reader is not None else ""
 
     def classify(self, glimpses: Tensor) -> Tensor:
         """Logits of the glimpses (B, G, C, k, k) at eval: the reader's if there is one."""
@@ -192,15 +209,23 @@ class GlimpseNet(nn.Module):
             return self.classify(self.sampler(x))
         if getattr(self.sampler, "candidates", None) is not None:
             sampler: Glimpse = self.sampler  # type: ignore[assignment]
-            glimpses, _, logw = sampler.forward_candidates(x)  # (B, N, G, C, k, k)
+            glimpses, boxes, logw = sampler.forward_candidates(x)  # (B, N, G, C, k, k)
             b, n = logw.shape
             logits = self.head(glimpses.flatten(0, 1)).view(b, n, -1)  # (B, N, 10)
             out, top = mixture_log_probs(logits, logw), glimpses[:, 0]  # top: (B, G, C, k, k)
+            top_boxes = boxes[:, 0]  # (B, G, 4)
         else:
-            top = self.sampler(x)  # (B, G, C, k, k)
+            plain: Glimpse | STNGlimpse = self.sampler  # type: ignore[assignment]
+            top, top_boxes = plain.forward_with_boxes(x)  # (B, G, C, k, k), (B, G, 4)
             out = self.head(top)
         if self.reader is None:
             return out
+        if self.reader_jitter > 0:
+            # drawn after the sampler's points, so the sampler's random stream is unchanged
+            moved = jitter_boxes(top_boxes.detach(), self.reader_jitter, x.shape[-2:])
+            with torch.no_grad():
+                reading: Glimpse | STNGlimpse = self.sampler  # type: ignore[assignment]
+                top = reading.read(x, moved)  # (B, G, C, k, k)
         return out, self.reader(top.detach())
 
 
@@ -287,10 +312,11 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
         set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step
-        model: nn.Module = GlimpseNet(sampler, head, reader)
+        model: nn.Module = GlimpseNet(sampler, head, reader, config.reader_jitter)
     elif kind == "stn":
         model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
-                                      **_source_kwargs(config)), head, reader)
+                                      **_source_kwargs(config)), head, reader,
+                           config.reader_jitter)
     elif kind == "cnn":
         model = plain_cnn(config.canvas, config.cnn_channels)
     else:

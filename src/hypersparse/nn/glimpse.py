@@ -493,6 +493,20 @@ class Glimpse(HyperLayer):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with_boxes(x)[0]
 
+    def read(self, x: Tensor, boxes: Tensor) -> Tensor:
+        """The glimpses of given boxes, read as eval reads them (the pixel nearest to each grid
+        point), in training too; e.g. to train a classifier on jittered boxes.
+
+        Shape:
+            x: (B, C, H, W); boxes: (B, G, 4) inside the image; output: (B, G, C, kh, kw).
+        """
+        x = self._check(x)
+        if boxes.shape != (x.shape[0], self.glimpses, 4):
+            raise ValueError(f"boxes must be (B, G, 4) = ({x.shape[0]}, {self.glimpses}, 4), "
+                             f"got {tuple(boxes.shape)}")
+        pts, _ = self._points(self._means(boxes), False)  # (B, G, Q, 1, 2)
+        return gather_glimpse(x, pts).reshape(x.shape[0], *self.out_shape)
+
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
         """The weight tensor as entries over ``out_shape + in_shape`` (see the base class);
