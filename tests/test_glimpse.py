@@ -339,6 +339,31 @@ def test_subsample() -> None:
                                                   24.0]
     with pytest.raises(ValueError, match="factor"):
         Subsample(0)
+    assert Subsample(2, offset=1)(x).flatten().tolist() == [6.0, 8.0, 16.0, 18.0]
+    assert Subsample(3, offset=1)(torch.zeros(100, 100)).shape == (33, 33)
+    for bad in (-1, 2, 1.0):
+        with pytest.raises(ValueError, match="offset"):
+            Subsample(2, offset=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["dense", "spatial"])
+def test_source_offset_grid_is_what_pixels_read_counts(kind: str) -> None:
+    """With Subsample(f, o) the source sees (and pixels_read counts) exactly rows and columns
+    o, o + f, ...; the spatial heat map places cell (i, j) at (o + i f, o + j f)."""
+    layer = Glimpse((1, 31, 31), 4, 1, downsample=3, offset=1, kind=kind,
+                    extent=(0.3, 0.5), init_extent=0.4).eval()
+    x = torch.zeros(1, 1, 31, 31)
+    grid = layer.pixels_read(x) * 961 - layer.pixels_read(x, include_source=False) * 961
+    assert 100 - 16 <= float(grid) <= 100  # 10 x 10 grid, less what the glimpse also reads
+    # the source is blind to pixels off its grid: moving one leaves the boxes unchanged
+    y = x.clone()
+    y[0, 0, 0, 0] = y[0, 0, 2, 3] = 1.0
+    torch.testing.assert_close(layer.boxes(y), layer.boxes(x))
+    if kind == "spatial":
+        head = layer.source[-1]
+        assert head.offset == 1.0 and head.stride == 3
+    with pytest.raises(ValueError, match="offset"):
+        Glimpse((1, 31, 31), 4, 1, downsample=3, offset=1, pool="avg")
 
 
 def test_bad_input_raises() -> None:

@@ -46,6 +46,7 @@ class GlimpseConfig:
     glimpses: int = 1
     size: int = 20
     downsample: int = 4
+    downsample_offset: int = 0  # the source reads rows/cols offset, offset + downsample, ...
     pool: Literal["stride", "avg"] = "stride"
     head: Literal["cnn", "mlp"] = "cnn"
     head_width: int = 32
@@ -279,7 +280,8 @@ def plain_cnn(canvas: int, channels: tuple[int, ...] = (32, 64, 64, 128)) -> nn.
 
 
 def _source_kwargs(config: GlimpseConfig) -> dict[str, Any]:
-    return {"downsample": config.downsample, "pool": config.pool,
+    return {"downsample": config.downsample, "offset": config.downsample_offset,
+            "pool": config.pool,
             "init_extent": config.init_extent, "extent": tuple(config.extent),
             "kind": config.source, "channels": tuple(config.source_channels)}
 

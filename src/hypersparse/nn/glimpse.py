@@ -31,25 +31,34 @@ __all__ = ["BoundExtent", "Glimpse", "SoftArgmaxBoxes", "Subsample", "box_source
 
 
 class Subsample(nn.Module):
-    """Keep every ``factor``-th row and column: ``x[..., ::factor, ::factor]``.
+    """Keep every ``factor``-th row and column, starting at ``offset``:
+    ``x[..., offset::factor, offset::factor]``.
 
-    Unlike average pooling this reads only ``1 / factor^2`` of the pixels.
+    Unlike average pooling this reads only about ``1 / factor^2`` of the pixels.
 
     Shape:
-        input: (*, H, W); output: (*, ceil(H / factor), ceil(W / factor)).
+        input: (*, H, W); output: (*, ceil((H - offset) / factor), ceil((W - offset) / factor)).
+
+    Example:
+        >>> Subsample(3, offset=1)(torch.zeros(1, 100, 100)).shape
+        torch.Size([1, 33, 33])
     """
 
-    def __init__(self, factor: int) -> None:
+    def __init__(self, factor: int, offset: int = 0) -> None:
         super().__init__()
-        if not isinstance(factor, int) or factor < 1:
+        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
             raise ValueError(f"factor must be an int >= 1, got {factor!r}")
-        self.factor = factor
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < factor:
+            raise ValueError(f"offset must be an int in [0, factor = {factor}), got {offset!r}")
+        self.factor, self.offset = factor, offset
 
     def forward(self, x: Tensor) -> Tensor:
-        return x[..., :: self.factor, :: self.factor]
+        if x.shape[-1] <= self.offset or x.shape[-2] <= self.offset:
+            raise ValueError(f"input {tuple(x.shape)} is too small for offset={self.offset}")
+        return x[..., self.offset :: self.factor, self.offset :: self.factor]
 
     def extra_repr(self) -> str:
-        return f"factor={self.factor}"
+        return f"factor={self.factor}, offset={self.offset}"
 
 
 def _check_extent(extent: Sequence[float], init_extent: float) -> tuple[float, float]:
@@ -205,6 +214,7 @@ def box_source(
     glimpses: int = 1,
     *,
     downsample: int = 4,
+    offset: int = 0,
     pool: Literal["stride", "avg"] = "stride",
     channels: Sequence[int] = (16, 32),
     hidden: int = 64,
@@ -217,7 +227,7 @@ def box_source(
 ) -> nn.Sequential:
     """The default hypernetwork of :class:`Glimpse`: image -> raw boxes ``(cy, cx, sh, sw)``.
 
-    ``kind="dense"``: ``Subsample(downsample)`` (or ``AvgPool2d``) -> [Conv5x5 -> ReLU ->
+    ``kind="dense"``: ``Subsample(downsample, offset)`` (or ``AvgPool2d``) -> [Conv5x5 -> ReLU ->
     MaxPool2] per entry of ``channels`` -> Linear(hidden) -> ReLU -> Linear(4 * glimpses)
     (-> :class:`BoundExtent` unless ``extent == (0, 1)``). The last layer starts with zero
     weights and a bias giving boxes of ``init_extent`` times the image, centred for one glimpse,
@@ -228,6 +238,9 @@ def box_source(
     centre; the extent from pooled features, within ``extent``).
 
     Args:
+        downsample: the source reads every ``downsample``-th row and column (``pool="stride"``)
+            from ``offset`` on, or averages ``downsample x downsample`` blocks (``"avg"``,
+            ``offset`` must be 0).
         extent: (lo, hi): the box extent, as a fraction of the image, stays in this range.
 
     Shape:
@@ -240,18 +253,21 @@ def box_source(
     if kind not in ("dense", "spatial"):
         raise ValueError(f"kind must be 'dense' or 'spatial', got {kind!r}")
     factory: dict[str, Any] = {"device": device, "dtype": dtype}
+    if pool == "avg" and offset != 0:
+        raise ValueError(f"offset needs pool='stride', got offset={offset!r} with pool='avg'")
     layers: list[nn.Module] = [
-        Subsample(downsample) if pool == "stride" else nn.AvgPool2d(downsample, ceil_mode=True)
+        Subsample(downsample, offset) if pool == "stride"
+        else nn.AvgPool2d(downsample, ceil_mode=True)
     ]
     if kind == "spatial":
         for ch in channels:
             layers += [nn.Conv2d(c, ch, 5, padding=2, **factory), nn.ReLU()]
             c = ch
-        offset = 0.0 if pool == "stride" else (downsample - 1) / 2
-        layers.append(SoftArgmaxBoxes(c, glimpses, (h, w), stride=downsample, offset=offset,
+        at = float(offset) if pool == "stride" else (downsample - 1) / 2
+        layers.append(SoftArgmaxBoxes(c, glimpses, (h, w), stride=downsample, offset=at,
                                       extent=(lo, hi), init_extent=init_extent, **factory))
         return nn.Sequential(*layers)
-    h, w = math.ceil(h / downsample), math.ceil(w / downsample)
+    h, w = math.ceil((h - offset) / downsample), math.ceil((w - offset) / downsample)
     for ch in channels:
         layers += [nn.Conv2d(c, ch, 5, padding=2, **factory), nn.ReLU(), nn.MaxPool2d(2)]
         c, h, w = ch, h // 2, w // 2
@@ -537,8 +553,9 @@ class Glimpse(HyperLayer):
         """Fraction of the H x W pixel positions read in eval, per instance; shape (B,).
 
         The glimpses read their distinct rounded means; with ``include_source`` the pixels the
-        source network reads are added: every ``f``-th row and column when it starts with
-        :class:`Subsample` (``f``), else all of them (e.g. average pooling reads everything).
+        source network reads are added: every ``f``-th row and column from ``o`` on when it
+        starts with :class:`Subsample` (``f``, ``o``), else all of them (e.g. average pooling
+        reads everything).
         """
         x = self._check(x)
         pts, _ = self._points(self._means(self.boxes(x)), False)  # (B, G, Q, 1, 2)
@@ -549,7 +566,7 @@ class Glimpse(HyperLayer):
         if include_source:
             first = self.source[0] if isinstance(self.source, nn.Sequential) else None
             if isinstance(first, Subsample):
-                seen[:, :: first.factor, :: first.factor] = True
+                seen[:, first.offset :: first.factor, first.offset :: first.factor] = True
             else:
                 seen[:] = True
         return seen.flatten(1).sum(1).to(x.dtype) / (h * w)
