@@ -249,6 +249,34 @@ def test_glimpse_candidates_bad_values_raise() -> None:
         layer.boxes(torch.rand(1, 1, 40, 40))
 
 
+def test_candidate_pool_draws_lower_peaks_in_training_only() -> None:
+    """With candidate_pool M, training keeps the top peak first and draws the other hypotheses
+    from peaks 2..M (each reached over draws); eval and the pool-less layer are unchanged."""
+    x = torch.rand(3, 1, 40, 40)
+    plain, pooled = _glimpse(2), _glimpse(2)
+    pooled.candidate_pool = 6
+    six = _glimpse(6).eval()
+    all_boxes, all_logw = six.candidate_boxes(x)  # (B, 6, 1, 4): peaks 1..6
+    torch.testing.assert_close(pooled.eval().candidate_boxes(x), plain.eval().candidate_boxes(x))
+    pooled.train()
+    seen = set()
+    for _ in range(60):
+        boxes, logw = pooled.candidate_boxes(x)
+        assert boxes.shape == (3, 2, 1, 4) and logw.shape == (3, 2)
+        torch.testing.assert_close(boxes[:, 0], all_boxes[:, 0])  # the top peak first
+        for bi in range(3):
+            match = [k for k in range(1, 6) if torch.allclose(boxes[bi, 1], all_boxes[bi, k])]
+            assert len(match) >= 1
+            seen.add((bi, match[0]))
+            # weights: the softmax of the two peaks' logits
+            k = match[0]
+            ref = torch.log_softmax(all_logw[bi, [0, k]], 0)
+            torch.testing.assert_close(logw[bi], ref)
+    assert len(seen) == 15  # every lower peak of every image was drawn
+    with pytest.raises(ValueError, match="candidate_pool"):
+        Glimpse((1, 40, 40), 6, kind="spatial", candidates=2, candidate_pool=0)
+
+
 def test_glimpse_candidates_state_dict_round_trip() -> None:
     a, b = _glimpse(4), _glimpse(4)
     with torch.no_grad():

@@ -86,6 +86,9 @@ class GlimpseConfig:
     # (None: the mixture throughout). candidates=1: the whole-map soft-argmax box (as before).
     candidates: int = 1
     candidate_radius: int = 3
+    # candidate_pool M > candidates: in training, hypotheses 2..N are random picks among the
+    # heat map's peaks 2..M (exploration; eval unchanged). None: peaks 2..N
+    candidate_pool: int | None = None
     candidate_epochs: float | None = None
     glimpse: bool = True  # False: the baselines alone (same seed: the same CNN/STN as a full run)
     cnn: bool = True
@@ -310,7 +313,8 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
             in_shape, config.size, config.glimpses, global_samples=config.global_samples,
             local_samples=config.local_samples, sigma_scale=config.sigma_scale, generator=g,
             candidates=config.candidates if config.candidates > 1 else None,
-            candidate_radius=config.candidate_radius, **_source_kwargs(config))
+            candidate_radius=config.candidate_radius, candidate_pool=config.candidate_pool,
+            **_source_kwargs(config))
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
         set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step

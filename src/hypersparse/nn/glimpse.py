@@ -328,7 +328,13 @@ class Glimpse(HyperLayer):
             annealed) between steps.
         candidate_radius: suppression and refinement radius of the candidates, in heat-map
             cells.
-        generator: RNG for sampling and for the default source's initial boxes.
+        candidate_pool: None (default), or an int ``M``: in training, hypotheses ``2..N``
+            are drawn at random (uniformly, without replacement, per glimpse) from peaks
+            ``2..M`` rather than being peaks ``2..N``, so a digit ranked below the ``N``-th peak
+            still gets compared with the top one (exploration at the cost of ``N``
+            hypotheses). The first hypothesis is always the top peak; eval is unchanged.
+        generator: RNG for sampling, for the candidate draws and for the default source's
+            initial boxes.
         device, dtype: of the parameters and buffers.
 
     Shape:
@@ -354,6 +360,7 @@ class Glimpse(HyperLayer):
         min_sigma: float = 0.05,
         candidates: int | None = None,
         candidate_radius: int = 3,
+        candidate_pool: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -394,6 +401,12 @@ class Glimpse(HyperLayer):
                 candidate_radius < 0:
             raise ValueError(f"candidate_radius must be an int >= 0, got {candidate_radius!r}")
         self.candidate_radius = candidate_radius
+        if candidate_pool is not None and (not isinstance(candidate_pool, int) or
+                                           isinstance(candidate_pool, bool) or
+                                           candidate_pool < 1):
+            raise ValueError(f"candidate_pool must be None or an int >= 1, got "
+                             f"{candidate_pool!r}")
+        self.candidate_pool = candidate_pool
         self.candidates = candidates
         self._candidate_count()  # validates
 
@@ -430,7 +443,9 @@ class Glimpse(HyperLayer):
         Hypothesis ``n`` takes the ``n``-th best candidate of every glimpse; its weight is the
         softmax over hypotheses of the candidates' scores (peak logits) summed over glimpses
         (for one glimpse: the heat map's softmax at the peaks, renormalised over them). The
-        first hypothesis, the arg-max cells, does not depend on ``candidates``.
+        first hypothesis, the arg-max cells, does not depend on ``candidates``. In training
+        with a ``candidate_pool`` M > N, hypotheses ``2..N`` are random picks among peaks
+        ``2..M`` instead.
 
         Shape:
             x: (B, C, H, W); output: boxes (B, N, G, 4), log weights (B, N).
@@ -440,7 +455,16 @@ class Glimpse(HyperLayer):
             raise ValueError("candidate_boxes needs candidates set to an int >= 1")
         seq: nn.Sequential = self.source  # type: ignore[assignment]
         last: SoftArgmaxBoxes = seq[-1]  # type: ignore[assignment]
-        raw, score = last.candidates(seq[:-1](x), n, self.candidate_radius)  # (B, G, N, 4)
+        pool = self.candidate_pool
+        m = max(n, pool) if self.training and pool is not None and n > 1 else n
+        raw, score = last.candidates(seq[:-1](x), m, self.candidate_radius)  # (B, G, M, 4)
+        if m > n:
+            b, g = score.shape[:2]
+            u = torch.rand(b, g, m - 1, generator=self.generator).to(score.device)
+            pick = u.argsort(-1)[..., : n - 1] + 1  # (B, G, N - 1): peaks 2..M, at random
+            pick = torch.cat([torch.zeros_like(pick[..., :1]), pick], -1)  # (B, G, N)
+            raw = raw.gather(2, pick.unsqueeze(-1).expand(b, g, n, 4))  # (B, G, N, 4)
+            score = score.gather(2, pick)  # (B, G, N)
         boxes = glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:])  # (B, N, G, 4)
         return boxes, torch.log_softmax(score.sum(1), -1)  # (B, N)
 
@@ -583,4 +607,5 @@ class Glimpse(HyperLayer):
                 f"global_samples={self.global_samples}, local_samples={self.local_samples}, "
                 f"region={self.region}, sigma_scale={self.sigma_scale}, "
                 f"min_sigma={self.min_sigma}, candidates={self.candidates}, "
-                f"candidate_radius={self.candidate_radius}")
+                f"candidate_radius={self.candidate_radius}, "
+                f"candidate_pool={self.candidate_pool}")
