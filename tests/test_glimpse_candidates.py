@@ -399,3 +399,121 @@ def test_smoke_run_with_candidates(tmp_path: Path, mnist_available: bool) -> Non
     state = load_checkpoint(out / "checkpoints" / "glimpse" / "last.pt", torch.device("cpu"))
     assert "model" in state
     assert evaluate_run(out, device="cpu")["test_error"] == s["test_error"]
+
+
+def test_smoke_run_with_the_localisation_options(tmp_path: Path, mnist_available: bool) -> None:
+    from hypersparse.run import run_experiment
+
+    out = run_experiment(
+        "glimpse",
+        ["train.max_steps=2", "train.batch_size=8", "canvas=36", "size=8", "downsample=3",
+         "downsample_offset=1", "eval_digits=20", "eval_batch=20", "head_width=4",
+         "cnn=false", "stn=false", "candidates=2", "candidate_radius=1", "candidate_pool=4",
+         "locate_weight=0.5", "locate_pool=3", "reader=true", "reader_width=4",
+         "reader_blocks=2", "reader_jitter=2"],
+        out=tmp_path / "r", progress=False, device="cpu",
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r.get("split") == "train"]
+    assert train and all("locate_loss" in r and "reader_accuracy" in r for r in train)
+    s = json.loads((out / "summary.json").read_text())
+    grid = 12 * 12 / 1296  # the source's 12 x 12 grid (rows/cols 1, 4, ..., 34)
+    assert grid < s["pixels_read_fraction"] <= grid + 64 / 1296 + 1e-6
+
+
+# ----------------------------------------------------------------------------- localisation
+
+
+class BrightIsThree(torch.nn.Module):
+    """A stand-in head: the brighter the glimpse, the surer it is of class 3."""
+
+    def forward(self, g: Tensor) -> Tensor:
+        logits = torch.zeros(g.shape[0], 10, dtype=g.dtype)
+        logits[:, 3] = 8 * (g.flatten(1).mean(1) - 0.5)
+        return logits
+
+
+def _locating(**kw: object) -> GlimpseNet:
+    cfg = GlimpseConfig(canvas=40, size=8, downsample=2, head_width=4, candidates=2,
+                        candidate_radius=1, extent=(0.2, 0.3), init_extent=0.25,
+                        locate_weight=1.0, locate_pool=4, **kw)  # type: ignore[arg-type]
+    model = build(cfg, "glimpse", torch.device("cpu"))
+    assert isinstance(model, GlimpseNet)
+    with torch.no_grad():
+        model.sampler.source[-1].heat.weight.normal_()  # type: ignore[index]
+    return model
+
+
+def test_locate_loss_targets_the_peak_the_head_reads_as_the_label() -> None:
+    torch.manual_seed(0)
+    model = _locating()
+    model.head = BrightIsThree()
+    x = torch.rand(5, 1, 40, 40) * 0.2
+    x[:, :, 24:34, 4:14] = 1.0  # a bright patch: the head's "digit"
+    y = torch.full((5,), 3)
+    sampler: Glimpse = model.sampler  # type: ignore[assignment]
+    f = sampler.source_features(x)
+    loss = model.locate_loss(x, y, f)
+    boxes, cells = sampler.peak_boxes(f, 4)  # (B, 4, 1, 4), (B, 1, 4, 2)
+    bright = sampler.read(x, boxes).flatten(2).mean(-1)  # (B, 4)
+    best = bright.argmax(1)
+    assert len(set(best.tolist())) > 1  # the best peak is not always the top one
+    heat = sampler.heat_logits(f).flatten(1)  # (B, h w)
+    w_cells = sampler.source_features(x).shape[-1]
+    expect = []
+    for b in range(5):
+        r, c = cells[b, 0, best[b]].round().long().tolist()
+        logit3 = 8 * (bright[b, best[b]] - 0.5)
+        p3 = torch.exp(logit3 - torch.logsumexp(torch.cat([logit3.view(1), torch.zeros(9)]), 0))
+        target = torch.tensor(r * w_cells + c)
+        expect.append(p3 * torch.nn.functional.cross_entropy(heat[b], target))
+    torch.testing.assert_close(loss, torch.stack(expect).mean())
+    # the gradient reaches the heat map (the source), and raises the target cell's logit
+    loss.backward()
+    assert float(sampler.source[-1].heat.weight.grad.abs().sum()) > 0  # type: ignore[index]
+
+
+def test_locate_leaves_the_head_alone_and_is_logged() -> None:
+    from hypersparse.experiments.glimpse import glimpse_loss
+
+    torch.manual_seed(0)
+    model = _locating().train()
+    x, y = torch.rand(4, 1, 40, 40), torch.randint(0, 10, (4,))
+    out = model(x, y)
+    assert isinstance(out, tuple) and len(out) == 3 and out[1] is None
+    out[2].backward()  # the locate loss alone
+    assert all(p.grad is None for p in model.head.parameters())
+    assert model.head.training
+    loss, metrics = glimpse_loss(model, (x, y))
+    assert "locate_loss" in metrics and metrics["locate_loss"] > 0
+    # no labels (or eval): the usual outputs
+    assert isinstance(model(x), Tensor)
+    with_reader = _locating(reader=True, reader_width=4, reader_blocks=2)
+    assert len(with_reader(x, y)) == 3 and with_reader(x, y)[1] is not None
+
+
+def test_locate_scoring_does_not_touch_batch_norm_statistics() -> None:
+    torch.manual_seed(0)
+    model = _locating().train()
+    x, y = torch.rand(4, 1, 40, 40), torch.randint(0, 10, (4,))
+    sampler: Glimpse = model.sampler  # type: ignore[assignment]
+    before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    model.locate_loss(x, y, sampler.source_features(x))
+    for k, v in model.head.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model.head.training
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"locate_weight": -1.0}, "locate_weight"),
+    ({"locate_pool": 0}, "locate_pool"),
+    ({"candidates": 1}, "candidate mode"),
+    ({"glimpses": 2}, "one glimpse"),
+])
+def test_locate_bad_settings_raise(kw: dict, match: str) -> None:
+    base = {"canvas": 40, "size": 8, "downsample": 2, "head_width": 4, "candidates": 2,
+            "candidate_radius": 1, "extent": (0.2, 0.3), "init_extent": 0.25,
+            "locate_weight": 1.0}
+    base.update(kw)
+    with pytest.raises(ValueError, match=match):
+        build(GlimpseConfig(**base), "glimpse", torch.device("cpu"))  # type: ignore[arg-type]

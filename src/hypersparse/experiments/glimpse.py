@@ -89,6 +89,11 @@ class GlimpseConfig:
     # candidate_pool M > candidates: in training, hypotheses 2..N are random picks among the
     # heat map's peaks 2..M (exploration; eval unchanged). None: peaks 2..N
     candidate_pool: int | None = None
+    # locate_weight > 0 (candidates > 1, one glimpse): a hard-EM localisation loss; the head
+    # scores the locate_pool best peaks by p(label | glimpse), the best becomes the heat map's
+    # target cell (see GlimpseNet)
+    locate_weight: float = 0.0
+    locate_pool: int = 6
     candidate_epochs: float | None = None
     glimpse: bool = True  # False: the baselines alone (same seed: the same CNN/STN as a full run)
     cnn: bool = True
@@ -190,61 +195,120 @@ class GlimpseNet(nn.Module):
     returns ``(head output, reader logits)``; eval returns the reader's logits. With
     ``reader_jitter > 0`` the reader learns instead from the top box slid at random by up to
     that many pixels (:func:`~hypersparse.functional.jitter_boxes`), read by ``sampler.read``.
+
+    With ``locate_weight > 0`` (candidate mode, one glimpse) and labels passed to ``forward``,
+    the heat map also learns where the digit is from the class alone (a hard-EM step): the
+    head, in eval mode and without gradient, reads the ``locate_pool`` best separated peaks;
+    the peak whose glimpse gives the label the highest probability becomes the target of a
+    cross-entropy over all heat-map cells, weighted by that probability (so clutter that no
+    peak reads as the label teaches little). Training then returns ``(head output, reader
+    logits or None, locate loss)``.
     """
 
     def __init__(self, sampler: nn.Module, head: nn.Module, reader: nn.Module | None = None,
-                 reader_jitter: float = 0.0) -> None:
+                 reader_jitter: float = 0.0, locate_weight: float = 0.0,
+                 locate_pool: int = 6) -> None:
         super().__init__()
-        if not isinstance(reader_jitter, (int, float)) or isinstance(reader_jitter, bool) or \
-                not reader_jitter >= 0:
-            raise ValueError(f"reader_jitter must be a number >= 0, got {reader_jitter!r}")
+        for name, v in (("reader_jitter", reader_jitter), ("locate_weight", locate_weight)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if not isinstance(locate_pool, int) or isinstance(locate_pool, bool) or locate_pool < 1:
+            raise ValueError(f"locate_pool must be an int >= 1, got {locate_pool!r}")
+        if locate_weight > 0 and (getattr(sampler, "candidates", None) is None or
+                                  getattr(sampler, "glimpses", 0) != 1):
+            raise ValueError("locate_weight > 0 needs a Glimpse in candidate mode with one "
+                             "glimpse (candidates > 1, glimpses = 1)")
         self.sampler, self.head, self.reader = sampler, head, reader
         self.reader_jitter = float(reader_jitter)
+        self.locate_weight, self.locate_pool = float(locate_weight), locate_pool
 
     def extra_repr(self) -> str:
-        return f"reader_jitter={self.reader_jitter}" if self.reader is not None else ""
+        parts = [f"reader_jitter={self.reader_jitter}"] if self.reader is not None else []
+        if self.locate_weight > 0:
+            parts.append(f"locate_weight={self.locate_weight}, locate_pool={self.locate_pool}")
+        return ", ".join(parts)
 
     def classify(self, glimpses: Tensor) -> Tensor:
         """Logits of the glimpses (B, G, C, k, k) at eval: the reader's if there is one."""
         return self.head(glimpses) if self.reader is None else self.reader(glimpses)
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, labels: Tensor | None = None
+                ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, Tensor | None, Tensor]:
         if not self.training:
             return self.classify(self.sampler(x))
+        locate: Tensor | None = None
         if getattr(self.sampler, "candidates", None) is not None:
             sampler: Glimpse = self.sampler  # type: ignore[assignment]
-            glimpses, boxes, logw = sampler.forward_candidates(x)  # (B, N, G, C, k, k)
-            b, n = logw.shape
+            features = sampler.source_features(x)  # (B, C', h, w)
+            glimpses, boxes, logw = sampler.forward_candidates(x, features=features)
+            b, n = logw.shape  # glimpses: (B, N, G, C, k, k)
             logits = self.head(glimpses.flatten(0, 1)).view(b, n, -1)  # (B, N, 10)
             out, top = mixture_log_probs(logits, logw), glimpses[:, 0]  # top: (B, G, C, k, k)
             top_boxes = boxes[:, 0]  # (B, G, 4)
+            if self.locate_weight > 0 and labels is not None:
+                locate = self.locate_weight * self.locate_loss(x, labels, features)
         else:
             plain: Glimpse | STNGlimpse = self.sampler  # type: ignore[assignment]
             top, top_boxes = plain.forward_with_boxes(x)  # (B, G, C, k, k), (B, G, 4)
             out = self.head(top)
-        if self.reader is None:
-            return out
-        if self.reader_jitter > 0:
-            # drawn after the sampler's points, so the sampler's random stream is unchanged
-            moved = jitter_boxes(top_boxes.detach(), self.reader_jitter, x.shape[-2:])
-            with torch.no_grad():
-                reading: Glimpse | STNGlimpse = self.sampler  # type: ignore[assignment]
-                top = reading.read(x, moved)  # (B, G, C, k, k)
-        return out, self.reader(top.detach())
+        read: Tensor | None = None
+        if self.reader is not None:
+            if self.reader_jitter > 0:
+                # drawn after the sampler's points, so the sampler's random stream is unchanged
+                moved = jitter_boxes(top_boxes.detach(), self.reader_jitter, x.shape[-2:])
+                with torch.no_grad():
+                    reading: Glimpse | STNGlimpse = self.sampler  # type: ignore[assignment]
+                    top = reading.read(x, moved)  # (B, G, C, k, k)
+            read = self.reader(top.detach())
+        if locate is not None:
+            return out, read, locate
+        return out if read is None else (out, read)
+
+    def locate_loss(self, x: Tensor, labels: Tensor, features: Tensor) -> Tensor:
+        """The (unweighted) hard-EM localisation loss described in the class docstring.
+
+        Shape: x (B, C, H, W), labels (B,), features (B, C', h, w); output: a scalar.
+        """
+        sampler: Glimpse = self.sampler  # type: ignore[assignment]
+        heat = sampler.heat_logits(features)  # (B, 1, h, w)
+        b, _, h, w = heat.shape
+        m = min(self.locate_pool, h * w)
+        with torch.no_grad():
+            boxes, cells = sampler.peak_boxes(features, m)  # (B, M, 1, 4), (B, 1, M, 2)
+            glimpses = sampler.read(x, boxes)  # (B, M, 1, C, k, k)
+            was = self.head.training
+            self.head.eval()  # batch norm: running statistics, left untouched
+            logp = self.head(glimpses.flatten(0, 1)).log_softmax(-1).view(b, m, -1)
+            self.head.train(was)
+            right = logp.gather(2, labels.view(b, 1, 1).expand(b, m, 1)).squeeze(2)  # (B, M)
+            best = right.argmax(1)  # (B,)
+            weight = right.gather(1, best.view(b, 1)).squeeze(1).exp()  # (B,): its p(label)
+            cell = cells[:, 0].gather(1, best.view(b, 1, 1).expand(b, 1, 2)).squeeze(1)
+            cell = cell.round().long()  # (B, 2): the target cell (row, col)
+            target = cell[:, 0].clamp(0, h - 1) * w + cell[:, 1].clamp(0, w - 1)  # (B,)
+        ce = F.cross_entropy(heat.flatten(1), target, reduction="none")  # (B,)
+        return (weight * ce).mean()
 
 
 def glimpse_loss(model: nn.Module, batch: tuple[Tensor, ...]
                  ) -> tuple[Tensor, dict[str, float]]:
     """Cross-entropy of the glimpse stage: of the head's output, plus of the reader's logits
-    when the model has a reader (training returns both); the batch accuracies as metrics."""
+    when the model has a reader (training returns both), plus the weighted localisation loss
+    when it has one; the batch accuracies (and the localisation loss) as metrics."""
     x, y = batch
-    out = model(x)
+    out = model(x, y) if isinstance(model, GlimpseNet) else model(x)
     if not isinstance(out, tuple):
         return F.cross_entropy(out, y), {"accuracy": accuracy(out.detach(), y)}
-    head, reader = out
-    loss = F.cross_entropy(head, y) + F.cross_entropy(reader, y)
-    return loss, {"accuracy": accuracy(head.detach(), y),
-                  "reader_accuracy": accuracy(reader.detach(), y)}
+    head, reader, *rest = out
+    loss = F.cross_entropy(head, y)
+    metrics = {"accuracy": accuracy(head.detach(), y)}
+    if reader is not None:
+        loss = loss + F.cross_entropy(reader, y)
+        metrics["reader_accuracy"] = accuracy(reader.detach(), y)
+    if rest:
+        loss = loss + rest[0]
+        metrics["locate_loss"] = float(rest[0].detach())
+    return loss, metrics
 
 
 def mixture_log_probs(logits: Tensor, log_weights: Tensor) -> Tensor:
@@ -318,7 +382,8 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
         # sample from the global RNG, which fit() seeds per step: resumed runs stay bit-exact
         sampler.generator = None
         set_sigma_gain(sampler, config.sigma_start)  # SigmaAnnealing moves it after each step
-        model: nn.Module = GlimpseNet(sampler, head, reader, config.reader_jitter)
+        model: nn.Module = GlimpseNet(sampler, head, reader, config.reader_jitter,
+                                      config.locate_weight, config.locate_pool)
     elif kind == "stn":
         model = GlimpseNet(STNGlimpse(in_shape, config.size, config.glimpses, generator=g,
                                       **_source_kwargs(config)), head, reader,

@@ -430,14 +430,45 @@ class Glimpse(HyperLayer):
             return None
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"candidates must be None or an int >= 1, got {n!r}")
-        if not isinstance(self.source, nn.Sequential) or \
-                not isinstance(self.source[-1], SoftArgmaxBoxes):
-            raise ValueError("candidates need a source ending in SoftArgmaxBoxes (e.g. "
-                             "box_source(kind='spatial')), got "
-                             f"{type(self.source).__name__}")
+        try:
+            self._spatial()
+        except ValueError as e:
+            raise ValueError(f"candidates: {e}") from None
         return n
 
-    def candidate_boxes(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _spatial(self) -> tuple[nn.Sequential, SoftArgmaxBoxes]:
+        if not isinstance(self.source, nn.Sequential) or \
+                not isinstance(self.source[-1], SoftArgmaxBoxes):
+            raise ValueError("this needs a source ending in SoftArgmaxBoxes (e.g. "
+                             f"box_source(kind='spatial')), got {type(self.source).__name__}")
+        body: nn.Sequential = self.source[:-1]  # type: ignore[assignment]
+        return body, self.source[-1]
+
+    def source_features(self, x: Tensor) -> Tensor:
+        """The spatial source's features before its :class:`SoftArgmaxBoxes` (reusable by
+        :meth:`candidate_boxes`, :meth:`heat_logits` and :meth:`peak_boxes`).
+
+        Shape: x (B, C, H, W); output (B, C', h, w).
+        """
+        return self._spatial()[0](self._check(x))
+
+    def heat_logits(self, features: Tensor) -> Tensor:
+        """The heat-map logits (B, G, h, w) of the spatial source, from :meth:`source_features`."""
+        return self._spatial()[1].heat(features)
+
+    def peak_boxes(self, features: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """The boxes of the ``count`` best separated heat-map peaks, best first, and the peaks'
+        refined positions in heat-map cells (as :meth:`candidate_boxes` in eval, any count).
+
+        Shape: features (B, C', h, w); output: boxes (B, count, G, 4), cells (B, G, count, 2).
+        """
+        last = self._spatial()[1]
+        raw, _ = last.candidates(features, count, self.candidate_radius)  # (B, G, N, 4)
+        cells, _ = heatmap_candidates(last.heat(features), count, self.candidate_radius)
+        return glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:]), cells
+
+    def candidate_boxes(self, x: Tensor, *, features: Tensor | None = None
+                        ) -> tuple[Tensor, Tensor]:
         """The ``candidates`` boxes per glimpse, best first, and their log mixture weights.
 
         Hypothesis ``n`` takes the ``n``-th best candidate of every glimpse; its weight is the
@@ -448,16 +479,17 @@ class Glimpse(HyperLayer):
         ``2..M`` instead.
 
         Shape:
-            x: (B, C, H, W); output: boxes (B, N, G, 4), log weights (B, N).
+            x: (B, C, H, W); features: as :meth:`source_features` (computed when None);
+            output: boxes (B, N, G, 4), log weights (B, N).
         """
         n = self._candidate_count()
         if n is None:
             raise ValueError("candidate_boxes needs candidates set to an int >= 1")
-        seq: nn.Sequential = self.source  # type: ignore[assignment]
-        last: SoftArgmaxBoxes = seq[-1]  # type: ignore[assignment]
+        body, last = self._spatial()
         pool = self.candidate_pool
         m = max(n, pool) if self.training and pool is not None and n > 1 else n
-        raw, score = last.candidates(seq[:-1](x), m, self.candidate_radius)  # (B, G, M, 4)
+        f = body(x) if features is None else features
+        raw, score = last.candidates(f, m, self.candidate_radius)  # (B, G, M, 4)
         if m > n:
             b, g = score.shape[:2]
             u = torch.rand(b, g, m - 1, generator=self.generator).to(score.device)
@@ -468,15 +500,16 @@ class Glimpse(HyperLayer):
         boxes = glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:])  # (B, N, G, 4)
         return boxes, torch.log_softmax(score.sum(1), -1)  # (B, N)
 
-    def forward_candidates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_candidates(self, x: Tensor, *, features: Tensor | None = None
+                           ) -> tuple[Tensor, Tensor, Tensor]:
         """All candidate glimpses (sampled in training, nearest pixel in eval).
 
         Shape:
-            x: (B, C, H, W); output: glimpses (B, N, G, C, kh, kw), boxes (B, N, G, 4),
-            log weights (B, N).
+            x: (B, C, H, W); features: as :meth:`source_features` (computed when None);
+            output: glimpses (B, N, G, C, kh, kw), boxes (B, N, G, 4), log weights (B, N).
         """
         x = self._check(x)
-        boxes, logw = self.candidate_boxes(x)
+        boxes, logw = self.candidate_boxes(x, features=features)
         b, n = boxes.shape[:2]
         flat = boxes.reshape(b, n * self.glimpses, 4)  # (B, N G, 4)
         pts, weights = self._points(self._means(flat), self.training)
@@ -535,17 +568,23 @@ class Glimpse(HyperLayer):
 
     def read(self, x: Tensor, boxes: Tensor) -> Tensor:
         """The glimpses of given boxes, read as eval reads them (the pixel nearest to each grid
-        point), in training too; e.g. to train a classifier on jittered boxes.
+        point), in training too; e.g. to train a classifier on jittered boxes. Several sets of
+        boxes per image (``N``) are read in one gather.
 
         Shape:
-            x: (B, C, H, W); boxes: (B, G, 4) inside the image; output: (B, G, C, kh, kw).
+            x: (B, C, H, W); boxes: (B, G, 4) or (B, N, G, 4), inside the image;
+            output: (B, G, C, kh, kw) or (B, N, G, C, kh, kw).
         """
         x = self._check(x)
-        if boxes.shape != (x.shape[0], self.glimpses, 4):
-            raise ValueError(f"boxes must be (B, G, 4) = ({x.shape[0]}, {self.glimpses}, 4), "
-                             f"got {tuple(boxes.shape)}")
-        pts, _ = self._points(self._means(boxes), False)  # (B, G, Q, 1, 2)
-        return gather_glimpse(x, pts).reshape(x.shape[0], *self.out_shape)
+        b = x.shape[0]
+        if boxes.dim() not in (3, 4) or boxes.shape[0] != b or \
+                tuple(boxes.shape[-2:]) != (self.glimpses, 4):
+            raise ValueError(f"boxes must be (B, G, 4) or (B, N, G, 4) with B = {b}, "
+                             f"G = {self.glimpses}, got {tuple(boxes.shape)}")
+        flat = boxes.reshape(b, -1, 4)  # (B, N G, 4)
+        pts, _ = self._points(self._means(flat), False)  # (B, N G, Q, 1, 2)
+        out = gather_glimpse(x, pts)  # (B, N G, C, Q)
+        return out.reshape(*boxes.shape[:-1], *self.out_shape[1:])
 
     def connections(self, x: Tensor, *, generator: torch.Generator | None = None,
                     sample: bool | None = None) -> Connections:
