@@ -6,7 +6,9 @@ much of the digit's 28x28 box the eval glimpse's box covers ("well read": at lea
 counts the errors of the classifier eval uses (the reader when there is one), of the head
 alone (when there is a reader), and of a same-harness CNN run's best checkpoint, image by
 image. It also reports where the badly covered boxes are (distance of the box centre from the
-digit's centre) and which digits they hold.
+digit's centre) and which digits they hold, and how many boxes miss the digit ("missed":
+less than 70% of its box covered). ``--splits val5`` scores five more clutterings of the
+validation digits (5,000 images), to compare localisation between runs without the test set.
 
 Run (one or more glimpse runs, each with the CNN run of the same seed)::
 
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hypersparse.data import ClutteredImages, cluttered_set, digits
 from hypersparse.experiments.common import batched
 from hypersparse.experiments.glimpse import GlimpseConfig, GlimpseNet, _fixed_set, build
 from hypersparse.io import atomic_write_json, load_checkpoint
@@ -43,12 +46,23 @@ def load(run: Path, stage: str) -> tuple[GlimpseConfig, nn.Module]:
     return config, model.eval()
 
 
+def clutterings(config: GlimpseConfig, count: int = 5) -> ClutteredImages:
+    """``count`` more clutterings of the validation digits (fixed seeds 1001, 1002, ...): a
+    larger set for comparing localisation between runs without looking at the test set."""
+    sets = [cluttered_set(digits(config.dataset, "val"), canvas=config.canvas,
+                          distractors=config.distractors, seed=1000 + i)
+            for i in range(1, count + 1)]
+    return ClutteredImages(*(torch.cat([getattr(d, f) for d in sets]) for f in
+                             ("images", "labels", "boxes", "digit", "distractor")))
+
+
 @torch.no_grad()
 def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
     config, model = load(run, "glimpse")
     if not isinstance(model, GlimpseNet):
         raise TypeError("expected a GlimpseNet")
-    data = _fixed_set(config.dataset, split, config.canvas, config.distractors)
+    data = clutterings(config) if split == "val5" else \
+        _fixed_set(config.dataset, split, config.canvas, config.distractors)
     x, labels = data.float(), data.labels
     read = [model.sampler.forward_with_boxes(x[i : i + 500])  # type: ignore[operator]
             for i in range(0, len(x), 500)]
@@ -70,6 +84,7 @@ def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "run": str(run), "cnn_run": None if cnn_run is None else str(cnn_run), "split": split,
         "images": len(labels), "well_read": int(well.sum()),
+        "missed": int((cover < 0.7).sum()),
         "box_height": float((boxes[:, 2] - boxes[:, 0]).mean()),
         "box_width": float((boxes[:, 3] - boxes[:, 1]).mean()),
         "badly_read_centre_distance_quartiles": torch.quantile(dist[~well], q).tolist()
@@ -80,6 +95,7 @@ def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
         out[f"{name}_errors"] = int(w.sum())
         out[f"{name}_errors_well_read"] = int((w & well).sum())
         out[f"{name}_errors_badly_read"] = int((w & ~well).sum())
+        out[f"{name}_errors_missed"] = int((w & (cover < 0.7)).sum())
         out[f"{name}_error"] = float(w.float().mean())
         out[f"{name}_badly_read_wrong_labels"] = torch.bincount(labels[w & ~well],
                                                                 minlength=10).tolist()
@@ -89,7 +105,9 @@ def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="RUN_DIR or RUN_DIR:CNN_RUN_DIR")
-    parser.add_argument("--splits", default="val,test")
+    parser.add_argument("--splits", default="val,test",
+                        help="comma-separated: val, test, val5 (five more clutterings of "
+                             "the validation digits)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     results = []
