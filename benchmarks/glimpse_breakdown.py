@@ -8,7 +8,8 @@ alone (when there is a reader), and of a same-harness CNN run's best checkpoint,
 image. It also reports where the badly covered boxes are (distance of the box centre from the
 digit's centre) and which digits they hold, and how many boxes miss the digit ("missed":
 less than 70% of its box covered). ``--splits val5`` scores five more clutterings of the
-validation digits (5,000 images), to compare localisation between runs without the test set.
+validation digits (5 x the validation set), to compare localisation between runs without the
+test set.
 
 Run (one or more glimpse runs, each with the CNN run of the same seed)::
 

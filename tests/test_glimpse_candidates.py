@@ -273,6 +273,15 @@ def test_candidate_pool_draws_lower_peaks_in_training_only() -> None:
             ref = torch.log_softmax(all_logw[bi, [0, k]], 0)
             torch.testing.assert_close(logw[bi], ref)
     assert len(seen) == 15  # every lower peak of every image was drawn
+    # boxes() (one glimpse, the top peak) draws nothing, in training too
+    torch.manual_seed(1)
+    pooled.boxes(x)
+    after = torch.rand(1)
+    torch.manual_seed(1)
+    torch.testing.assert_close(torch.rand(1), after)
+    # a pool larger than the heat map is capped at its cells (10 x 10 here)
+    pooled.candidate_pool = 500
+    assert pooled.candidate_boxes(x)[0].shape == (3, 2, 1, 4)
     with pytest.raises(ValueError, match="candidate_pool"):
         Glimpse((1, 40, 40), 6, kind="spatial", candidates=2, candidate_pool=0)
 
@@ -509,6 +518,8 @@ def test_locate_scoring_does_not_touch_batch_norm_statistics() -> None:
     ({"locate_pool": 0}, "locate_pool"),
     ({"candidates": 1}, "candidate mode"),
     ({"glimpses": 2}, "one glimpse"),
+    ({"locate_weight": 0.0, "candidates": 1, "candidate_pool": 4}, "candidate_pool"),
+    ({"locate_weight": 0.0, "reader_jitter": 2.0}, "reader_jitter"),
 ])
 def test_locate_bad_settings_raise(kw: dict, match: str) -> None:
     base = {"canvas": 40, "size": 8, "downsample": 2, "head_width": 4, "candidates": 2,

@@ -56,9 +56,9 @@ class GlimpseConfig:
     reader: bool = False
     reader_blocks: int = 3
     reader_width: int = 32
-    # reader_jitter > 0: the reader learns from the top box slid by up to this many pixels per
-    # axis (uniform), read as eval reads it (nearest pixel), so it learns to read a digit the
-    # box only partly covers; 0: from the top glimpse as the head saw it
+    # reader_jitter > 0 (needs reader): the reader learns from the top box slid by up to this
+    # many pixels per axis (uniform), read as the sampler's eval reads it, so it learns to read
+    # a digit the box only partly covers; 0: from the top glimpse as the head saw it
     reader_jitter: float = 0.0
     cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
     global_samples: int = 2
@@ -86,8 +86,8 @@ class GlimpseConfig:
     # (None: the mixture throughout). candidates=1: the whole-map soft-argmax box (as before).
     candidates: int = 1
     candidate_radius: int = 3
-    # candidate_pool M > candidates: in training, hypotheses 2..N are random picks among the
-    # heat map's peaks 2..M (exploration; eval unchanged). None: peaks 2..N
+    # candidate_pool M > candidates (needs candidates > 1): in training, hypotheses 2..N are
+    # random picks among the heat map's peaks 2..M (exploration; eval unchanged). None: 2..N
     candidate_pool: int | None = None
     # locate_weight > 0 (candidates > 1, one glimpse): a hard-EM localisation loss; the head
     # scores the locate_pool best peaks by p(label | glimpse), the best becomes the heat map's
@@ -265,7 +265,10 @@ class GlimpseNet(nn.Module):
         return out if read is None else (out, read)
 
     def locate_loss(self, x: Tensor, labels: Tensor, features: Tensor) -> Tensor:
-        """The (unweighted) hard-EM localisation loss described in the class docstring.
+        """The hard-EM localisation loss described in the class docstring, before
+        ``locate_weight`` (``forward`` returns it times the weight, and that is what
+        ``glimpse_loss`` adds and logs). The target is the cell nearest the best peak's refined
+        (windowed soft-argmax) position, i.e. where its box was centred.
 
         Shape: x (B, C, H, W), labels (B,), features (B, C', h, w); output: a scalar.
         """
@@ -278,8 +281,10 @@ class GlimpseNet(nn.Module):
             glimpses = sampler.read(x, boxes)  # (B, M, 1, C, k, k)
             was = self.head.training
             self.head.eval()  # batch norm: running statistics, left untouched
-            logp = self.head(glimpses.flatten(0, 1)).log_softmax(-1).view(b, m, -1)
-            self.head.train(was)
+            try:
+                logp = self.head(glimpses.flatten(0, 1)).log_softmax(-1).view(b, m, -1)
+            finally:
+                self.head.train(was)
             right = logp.gather(2, labels.view(b, 1, 1).expand(b, m, 1)).squeeze(2)  # (B, M)
             best = right.argmax(1)  # (B,)
             weight = right.gather(1, best.view(b, 1)).squeeze(1).exp()  # (B,): its p(label)
@@ -368,9 +373,14 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
             torch.manual_seed(config.seed + 1)
             reader = GlimpseHead(config.glimpses, 1, config.size, "cnn", config.reader_width,
                                  config.reader_blocks)
+    if config.reader_jitter and not config.reader:
+        raise ValueError(f"reader_jitter={config.reader_jitter} needs reader=true")
     if kind == "glimpse":
         if not isinstance(config.candidates, int) or config.candidates < 1:
             raise ValueError(f"candidates must be an int >= 1, got {config.candidates!r}")
+        if config.candidate_pool is not None and config.candidates < 2:
+            raise ValueError(f"candidate_pool={config.candidate_pool} needs candidates > 1, "
+                             f"got candidates={config.candidates}")
         if config.candidates > 1 and config.source != "spatial":
             raise ValueError(f"candidates > 1 needs source='spatial', got {config.source!r}")
         sampler = Glimpse(

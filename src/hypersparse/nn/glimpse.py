@@ -417,7 +417,7 @@ class Glimpse(HyperLayer):
         Shape: x (B, C, H, W); output (B, G, 4).
         """
         if self.candidates is not None:
-            return self.candidate_boxes(x)[0][:, 0]  # (B, G, 4): the top candidate
+            return self.candidate_boxes(x, explore=False)[0][:, 0]  # (B, G, 4): the top one
         raw = self.source(x)
         if raw.shape != (x.shape[0], 4 * self.glimpses):
             raise ValueError(f"source must return (B, {4 * self.glimpses}) raw boxes, got "
@@ -467,16 +467,16 @@ class Glimpse(HyperLayer):
         cells, _ = heatmap_candidates(last.heat(features), count, self.candidate_radius)
         return glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:]), cells
 
-    def candidate_boxes(self, x: Tensor, *, features: Tensor | None = None
-                        ) -> tuple[Tensor, Tensor]:
+    def candidate_boxes(self, x: Tensor, *, features: Tensor | None = None,
+                        explore: bool = True) -> tuple[Tensor, Tensor]:
         """The ``candidates`` boxes per glimpse, best first, and their log mixture weights.
 
         Hypothesis ``n`` takes the ``n``-th best candidate of every glimpse; its weight is the
         softmax over hypotheses of the candidates' scores (peak logits) summed over glimpses
         (for one glimpse: the heat map's softmax at the peaks, renormalised over them). The
         first hypothesis, the arg-max cells, does not depend on ``candidates``. In training
-        with a ``candidate_pool`` M > N, hypotheses ``2..N`` are random picks among peaks
-        ``2..M`` instead.
+        with a ``candidate_pool`` M > N and ``explore``, hypotheses ``2..N`` are random picks
+        among peaks ``2..M`` (M capped at the heat map's cells) instead.
 
         Shape:
             x: (B, C, H, W); features: as :meth:`source_features` (computed when None);
@@ -487,12 +487,14 @@ class Glimpse(HyperLayer):
             raise ValueError("candidate_boxes needs candidates set to an int >= 1")
         body, last = self._spatial()
         pool = self.candidate_pool
-        m = max(n, pool) if self.training and pool is not None and n > 1 else n
         f = body(x) if features is None else features
+        m = n
+        if explore and self.training and pool is not None and n > 1:
+            m = max(n, min(pool, f.shape[-2] * f.shape[-1]))
         raw, score = last.candidates(f, m, self.candidate_radius)  # (B, G, M, 4)
         if m > n:
             b, g = score.shape[:2]
-            u = torch.rand(b, g, m - 1, generator=self.generator).to(score.device)
+            u = torch.rand(b, g, m - 1, generator=self.generator, device=score.device)
             pick = u.argsort(-1)[..., : n - 1] + 1  # (B, G, N - 1): peaks 2..M, at random
             pick = torch.cat([torch.zeros_like(pick[..., :1]), pick], -1)  # (B, G, N)
             raw = raw.gather(2, pick.unsqueeze(-1).expand(b, g, n, 4))  # (B, G, N, 4)
