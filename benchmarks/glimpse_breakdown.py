@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,8 @@ def main() -> None:
             results.append(r)
             print(json.dumps(r))
     if args.out:
-        atomic_write_json(args.out, {"results": results})
+        command = "python benchmarks/glimpse_breakdown.py " + " ".join(sys.argv[1:])
+        atomic_write_json(args.out, {"command": command, "results": results})
 
 
 if __name__ == "__main__":
