@@ -58,6 +58,22 @@ def clutterings(config: GlimpseConfig, count: int = 5) -> ClutteredImages:
                              ("images", "labels", "boxes", "digit", "distractor")))
 
 
+_CNN_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
+
+
+@torch.no_grad()
+def cnn_wrong(cnn_run: Path, split: str, config: GlimpseConfig) -> torch.Tensor:
+    """Which images of ``split`` the CNN run's best checkpoint gets wrong (cached per run and
+    split, so several glimpse runs can be compared with one CNN cheaply)."""
+    key = (cnn_run.resolve(), split, config.dataset, config.canvas, config.distractors)
+    if key not in _CNN_CACHE:
+        _, cnn = load(cnn_run, "cnn")
+        data = clutterings(config) if split == "val5" else \
+            _fixed_set(config.dataset, split, config.canvas, config.distractors)
+        _CNN_CACHE[key] = batched(cnn, data.float()).argmax(-1) != data.labels
+    return _CNN_CACHE[key]
+
+
 @torch.no_grad()
 def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
     config, model = load(run, "glimpse")
@@ -74,8 +90,7 @@ def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
     if model.reader is not None:
         wrong["head"] = batched(model.head, glimpses).argmax(-1) != labels
     if cnn_run is not None:
-        _, cnn = load(cnn_run, "cnn")
-        wrong["cnn"] = batched(cnn, x).argmax(-1) != labels
+        wrong["cnn"] = cnn_wrong(cnn_run, split, config)
     truth = data.boxes.float()  # (N, 4): top, left, bottom, right (inclusive)
     hi = torch.minimum(boxes[:, 2:], truth[:, 2:])
     lo = torch.maximum(boxes[:, :2], truth[:, :2])
