@@ -244,6 +244,12 @@ def test_glimpse_candidates_bad_values_raise() -> None:
     layer = _glimpse(None)
     with pytest.raises(ValueError, match="candidates"):
         layer.candidate_boxes(torch.rand(1, 1, 40, 40))
+    dense = Glimpse((1, 40, 40), 6, kind="dense")
+    for call in (lambda: dense.source_features(torch.rand(1, 1, 40, 40)),
+                 lambda: dense.heat_logits(torch.rand(1, 32, 20, 20)),
+                 lambda: dense.peak_boxes(torch.rand(1, 32, 20, 20), 2)):
+        with pytest.raises(ValueError, match="SoftArgmaxBoxes"):
+            call()
     layer.candidates = 0
     with pytest.raises(ValueError, match="candidates"):
         layer.boxes(torch.rand(1, 1, 40, 40))
