@@ -199,10 +199,16 @@ class SoftArgmaxBoxes(nn.Module):
         Shape:
             f: (B, C, h, w); output: raw boxes (B, G, count, 4), scores (B, G, count).
         """
+        raw, score, _ = self.peaks(f, count, radius)
+        return raw, score
+
+    def peaks(self, f: Tensor, count: int, radius: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`candidates` plus the peaks' refined positions in heat-map cells
+        (B, G, count, 2)."""
         pos, score = heatmap_candidates(self.heat(f), count, radius)  # (B,G,N,2), (B,G,N)
         centres = self.offset + self.stride * pos  # (B, G, N, 2)
         frac = self._frac(f).unsqueeze(2).expand_as(centres)  # (B, G, N, 2)
-        return self._raw(centres, frac), score
+        return self._raw(centres, frac), score, pos
 
     def extra_repr(self) -> str:
         return (f"glimpses={self.glimpses}, image={self.image}, stride={self.stride}, "
@@ -462,10 +468,8 @@ class Glimpse(HyperLayer):
 
         Shape: features (B, C', h, w); output: boxes (B, count, G, 4), cells (B, G, count, 2).
         """
-        last = self._spatial()[1]
-        raw, _ = last.candidates(features, count, self.candidate_radius)  # (B, G, N, 4)
-        cells, _ = heatmap_candidates(last.heat(features), count, self.candidate_radius)
-        return glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:]), cells
+        raw, _, cells = self._spatial()[1].peaks(features, count, self.candidate_radius)
+        return glimpse_boxes(raw.transpose(1, 2), self.in_shape[1:]), cells  # (B,N,G,4)
 
     def candidate_boxes(self, x: Tensor, *, features: Tensor | None = None,
                         explore: bool = True) -> tuple[Tensor, Tensor]:
