@@ -11,6 +11,7 @@ from torch import Tensor
 from hypersparse.data import (
     ClutteredBatches,
     Digits,
+    augmentation,
     clutter,
     cluttered_set,
     default_distractors,
@@ -105,6 +106,57 @@ def test_batches_deterministic_per_seed_and_epoch() -> None:
     assert not torch.equal(a.batch(2, 2)[0], xa)
     assert not torch.equal(ClutteredBatches(digits, 8, canvas=40, seed=4).batch(1, 2)[0], xa)
     assert xa.dtype == torch.float32 and 0 <= float(xa.min()) and float(xa.max()) <= 1
+
+
+def test_transform_changes_only_the_placed_digit() -> None:
+    # every source image: a 10x10 square of 200 at rows/cols 9..18 of its 28x28 box; the
+    # "augmentation" mirrors it (still 9..18) and rolls it 2 px right (11..20)
+    digits = fake_digits(12, value=0)
+    images = digits.images.clone()
+    images[:, 9:19, 9:19] = 200
+    digits = Digits(images, digits.labels, digits.ids, digits.source)
+    flip = lambda x, g: x.flip(-1).roll(2, -1)  # noqa: E731
+    plain = ClutteredBatches(digits, 6, canvas=50, seed=1).images(0, 1)
+    moved = ClutteredBatches(digits, 6, canvas=50, seed=1, transform=flip).images(0, 1)
+    assert torch.equal(plain.boxes, moved.boxes) and torch.equal(plain.distractor,
+                                                                   moved.distractor)
+    inside = torch.zeros_like(plain.images, dtype=torch.bool)
+    for i, (t, l, b, r) in enumerate(plain.boxes.tolist()):
+        inside[i, 0, t:b + 1, l:r + 1] = True
+    assert torch.equal(plain.images[~inside], moved.images[~inside])  # distractors untouched
+    assert not torch.equal(plain.images[inside], moved.images[inside])
+    # without distractors the placed square is exactly where the transform put it
+    for transform, lo in ((None, 9), (flip, 11)):
+        one = ClutteredBatches(digits, 6, canvas=50, distractors=0, seed=1,
+                               transform=transform).images(0, 1)
+        t, l = one.boxes[0, :2].tolist()
+        ink = one.images[0, 0, t:t + 28, l:l + 28] == 200
+        cols, rows = ink.any(0).nonzero().flatten(), ink.any(1).nonzero().flatten()
+        assert (int(cols.min()), int(cols.max())) == (lo, lo + 9)
+        assert (int(rows.min()), int(rows.max())) == (9, 18)
+        assert int(one.images.sum()) == 6 * 100 * 200
+
+
+def test_identity_transform_and_real_augmentation_are_deterministic() -> None:
+    digits = fake_digits(40)
+    base = ClutteredBatches(digits, 8, canvas=40, seed=2).batch(1, 3)[0]
+    same = ClutteredBatches(digits, 8, canvas=40, seed=2, transform=lambda x, g: x).batch(1, 3)[0]
+    assert torch.equal(base, same)  # uint8 -> [0, 1] -> uint8 round-trips exactly
+    aff = augmentation("affine")
+    a = ClutteredBatches(digits, 8, canvas=40, seed=2, transform=aff).batch(1, 3)[0]
+    b = ClutteredBatches(digits, 8, canvas=40, seed=2, transform=aff).batch(1, 3)[0]
+    assert torch.equal(a, b) and not torch.equal(a, base)
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+
+
+def test_bad_transform_raises() -> None:
+    d = fake_digits(8)
+    with pytest.raises(TypeError, match="transform"):
+        ClutteredBatches(d, 4, canvas=40, transform=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="transform"):
+        clutter(d.images, d.labels, torch.arange(2), canvas=40, transform="affine")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shape"):
+        clutter(d.images, d.labels, torch.arange(2), canvas=40, transform=lambda x, g: x[:, :, :5])
 
 
 def test_each_digit_once_per_epoch() -> None:

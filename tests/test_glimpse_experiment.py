@@ -246,3 +246,27 @@ def test_bad_reader_blocks_raise() -> None:
     with pytest.raises(ValueError, match="reader_blocks"):
         build(GlimpseConfig(canvas=40, size=8, downsample=2, head_width=4, reader=True,
                             reader_blocks=4), "glimpse", torch.device("cpu"))
+
+
+def test_augment_reaches_training_and_bad_values_raise(tmp_path: Path,
+                                                       mnist_available: bool) -> None:
+    from hypersparse.io import load_checkpoint
+    from hypersparse.run import run_experiment
+
+    args = ["train.max_steps=1", "train.batch_size=8", "canvas=36", "size=8", "downsample=2",
+            "eval_digits=10", "eval_batch=10", "cnn_channels=[4,4]", "glimpse=false",
+            "stn=false"]
+    weights = {}
+    for aug in ("none", "affine"):
+        out = run_experiment("glimpse", args + [f"augment={aug}"], out=tmp_path / aug,
+                             progress=False, device="cpu")
+        assert json.loads((out / "config.json").read_text())["config"]["augment"] == aug
+        weights[aug] = load_checkpoint(out / "checkpoints" / "cnn" / "last.pt",
+                                       torch.device("cpu"))["model"]
+    # same seed and initialisation: only the augmented digits can change the first step
+    assert any(not torch.equal(weights["none"][k], weights["affine"][k]) for k in weights["none"])
+    for bad, match in (("augment=rotate", "augment must be one of"),
+                       ("augment_shift=5", "augment_shift")):
+        with pytest.raises(ValueError, match=match):
+            run_experiment("glimpse", args + [bad], out=tmp_path / "bad", progress=False,
+                           device="cpu")

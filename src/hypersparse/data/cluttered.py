@@ -16,6 +16,7 @@ A generator only ever sees one :class:`~hypersparse.data.Digits` split, so split
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -103,12 +104,13 @@ def clutter(
     distractors: int = 8,
     patch: int = 8,
     generator: torch.Generator | None = None,
+    transform: Callable[[Tensor, torch.Generator | None], Tensor] | None = None,
 ) -> ClutteredImages:
     """Place ``images[index]`` on cluttered canvases (the mnist-cluttered protocol).
 
     Distractor crops come from ``images`` only (one split), drawn with replacement. Random
     numbers, in this order, from ``generator``: digit positions, distractor sources, crop
-    offsets, distractor positions.
+    offsets, distractor positions, then whatever ``transform`` draws.
 
     Args:
         images: the split's digits, (N, 28, 28) uint8.
@@ -117,6 +119,10 @@ def clutter(
         canvas: the canvas side W.
         distractors: D, crops per canvas.
         patch: the crop side.
+        transform: optional training augmentation of the placed digits (not the distractors):
+            ``transform(x, generator)`` with ``x`` float (n, 1, 28, 28) in [0, 1], returning
+            the same shape (e.g. :func:`~hypersparse.data.augmentation`); the result is
+            rounded back to uint8. The digit box stays the 28x28 square it is pasted in.
 
     Shape:
         output images: (n, 1, W, W) uint8.
@@ -133,12 +139,21 @@ def clutter(
     index = torch.as_tensor(index, dtype=torch.long)
     if index.dim() != 1 or (index.numel() and not (0 <= index.min() and index.max() < len(images))):
         raise ValueError(f"index must be 1-D with values in [0, {len(images)})")
+    if transform is not None and not callable(transform):
+        raise TypeError(f"transform must be callable or None, got {transform!r}")
     n, d, w = index.shape[0], distractors, canvas
     g = generator
     pos = torch.randint(0, w - DIGIT + 1, (n, 2), generator=g)  # (n, 2)
     src = torch.randint(0, images.shape[0], (n, d), generator=g)  # (n, D)
     crop = torch.randint(0, DIGIT - patch + 1, (n, d, 2), generator=g)  # (n, D, 2)
     where = torch.randint(0, w - patch + 1, (n, d, 2), generator=g)  # (n, D, 2)
+    placed = images[index]  # (n, 28, 28)
+    if transform is not None and n:
+        x = transform(placed.unsqueeze(1).float().div_(255.0), g)  # (n, 1, 28, 28)
+        if tuple(x.shape) != (n, 1, DIGIT, DIGIT):
+            raise ValueError(f"transform must return shape {(n, 1, DIGIT, DIGIT)}, "
+                             f"got {tuple(x.shape)}")
+        placed = x.squeeze(1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)  # (n, 28, 28)
     out = torch.empty(n, 1, w, w, dtype=torch.uint8)
     ar = torch.arange(patch)
     for s in range(0, n, CHUNK):
@@ -149,7 +164,7 @@ def clutter(
             cols = (crop[s:e, :, 1:2] + ar).unsqueeze(-2)  # (n', D, 1, p)
             pieces = images[src[s:e, :, None, None], rows, cols]  # (n', D, p, p)
             _paste(acc, pieces, where[s:e, :, 0], where[s:e, :, 1], w)
-        _paste(acc, images[index[s:e]], pos[s:e, 0], pos[s:e, 1], w)
+        _paste(acc, placed[s:e], pos[s:e, 0], pos[s:e, 1], w)
         out[s:e, 0] = acc.clamp_(max=255).to(torch.uint8).view(e - s, w, w)
     boxes = torch.cat([pos, pos + DIGIT - 1], dim=1)  # (n, 4)
     return ClutteredImages(out, labels[index], boxes, index, src)
@@ -193,18 +208,24 @@ class ClutteredBatches:
         batch_size: canvases per batch (the last incomplete batch is dropped).
         canvas, distractors, patch: as for :func:`clutter` (distractors default by canvas).
         seed: the base seed.
+        transform: optional augmentation of the placed digits, as for :func:`clutter`.
 
     Returns per batch ``(images float32 (B, 1, W, W) in [0, 1], labels (B,))``.
     """
 
     def __init__(self, digits: Digits, batch_size: int, *, canvas: int = 100,
-                 distractors: int | None = None, patch: int = 8, seed: int = 0) -> None:
+                 distractors: int | None = None, patch: int = 8, seed: int = 0,
+                 transform: Callable[[Tensor, torch.Generator | None], Tensor] | None = None
+                 ) -> None:
         d = default_distractors(canvas) if distractors is None else distractors
         _check(digits.images, canvas, d, patch)
         if not isinstance(batch_size, int) or not 1 <= batch_size <= len(digits):
             raise ValueError(f"batch_size must be an int in [1, {len(digits)}], got {batch_size!r}")
         self.digits, self.batch_size = digits, batch_size
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable or None, got {transform!r}")
         self.canvas, self.distractors, self.patch, self.seed = canvas, d, patch, seed
+        self.transform = transform
         self._len = len(digits) // batch_size
         self._perm_epoch: int | None = None
         self._perm = torch.arange(len(digits))
@@ -226,7 +247,8 @@ class ClutteredBatches:
         idx = self.permutation(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         g = torch.Generator().manual_seed(_derive_seed(self.seed, "cluttered", epoch, index))
         return clutter(self.digits.images, self.digits.labels, idx, canvas=self.canvas,
-                       distractors=self.distractors, patch=self.patch, generator=g)
+                       distractors=self.distractors, patch=self.patch, generator=g,
+                       transform=self.transform)
 
     def batch(self, epoch: int, index: int) -> tuple[Tensor, Tensor]:
         b = self.images(epoch, index)

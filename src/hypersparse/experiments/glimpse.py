@@ -27,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import ClutteredBatches, ClutteredImages, cluttered_set, default_distractors, digits
+from ..data import (
+    AUGMENTATIONS,
+    ClutteredBatches,
+    ClutteredImages,
+    augmentation,
+    cluttered_set,
+    default_distractors,
+    digits,
+)
 from ..functional.glimpse import jitter_boxes, sample_boxes
 from ..nn.glimpse import Glimpse, box_source
 from ..nn.hyper import SigmaAnnealing, set_sigma_gain
@@ -61,6 +69,11 @@ class GlimpseConfig:
     # a digit the box only partly covers; 0: from the top glimpse as the head saw it
     reader_jitter: float = 0.0
     cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
+    # training-time augmentation of the placed digit (never the distractors, val or test), for
+    # every stage alike (glimpse, CNN, STN): "affine" rotates up to 10 deg, scales 0.9-1.1 and
+    # shifts up to augment_shift px inside the digit's 28x28 square; "shift" only shifts
+    augment: Literal["none", "shift", "affine"] = "none"
+    augment_shift: int = 2
     global_samples: int = 2
     local_samples: int = 4
     sigma_scale: float = 0.01
@@ -504,9 +517,18 @@ class GlimpseExperiment(Experiment):
     def run(self, config: GlimpseConfig, ctx: RunContext) -> dict[str, Any]:
         if config.size < 4 and config.head == "cnn":
             raise ValueError(f"size must be >= 4 for the cnn head, got {config.size}")
+        if config.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
+                             f"got {config.augment!r}")
+        if (not isinstance(config.augment_shift, int) or isinstance(config.augment_shift, bool)
+                or not 0 <= config.augment_shift <= 4):
+            raise ValueError(f"augment_shift must be an int in [0, 4] (the ink's margin in the "
+                             f"28x28 square), got {config.augment_shift!r}")
         train = ClutteredBatches(digits(config.dataset, "train"), config.train.batch_size,
                                  canvas=config.canvas, distractors=config.distractors,
-                                 patch=8, seed=config.seed)
+                                 patch=8, seed=config.seed,
+                                 transform=augmentation(config.augment,
+                                                        max_shift=config.augment_shift))
         val = self._sets(config)["val"]
         vx, vy = val.float(), val.labels
 
