@@ -108,33 +108,45 @@ def test_batches_deterministic_per_seed_and_epoch() -> None:
     assert xa.dtype == torch.float32 and 0 <= float(xa.min()) and float(xa.max()) <= 1
 
 
-def test_transform_changes_only_the_placed_digit() -> None:
-    # every source image: a 10x10 square of 200 at rows/cols 9..18 of its 28x28 box; the
-    # "augmentation" mirrors it (still 9..18) and rolls it 2 px right (11..20)
+def test_transform_applies_to_digit_and_distractor_sources() -> None:
+    # a deterministic transform (draws nothing) must give exactly the canvases of the plain
+    # generator run on transformed source images: the digit and every distractor transformed
+    digits = fake_digits(30)
+    flip = lambda x, g: x.flip(-1).roll(2, -2)  # noqa: E731
+    pre = flip(digits.images.unsqueeze(1).float() / 255, None).squeeze(1).mul(255).round()
+    pre = pre.to(torch.uint8)  # (N, 28, 28)
+    idx = torch.tensor([3, 0, 7, 7, 29])
+    got = clutter(digits.images, digits.labels, idx, canvas=45, distractors=5,
+                  generator=torch.Generator().manual_seed(4), transform=flip)
+    want = clutter(pre, digits.labels, idx, canvas=45, distractors=5,
+                   generator=torch.Generator().manual_seed(4))
+    plain = clutter(digits.images, digits.labels, idx, canvas=45, distractors=5,
+                    generator=torch.Generator().manual_seed(4))
+    assert torch.equal(got.images, want.images) and torch.equal(got.boxes, plain.boxes)
+    assert torch.equal(got.distractor, plain.distractor)
+    assert not torch.equal(got.images, plain.images)
+
+
+def test_transform_resamples_the_clutter_too() -> None:
+    # 200-valued 10x10 squares at rows/cols 9..18 of every source image; a random affine
+    # changes the clutter outside the digit's box as well as the digit (no blur shortcut)
     digits = fake_digits(12, value=0)
     images = digits.images.clone()
     images[:, 9:19, 9:19] = 200
     digits = Digits(images, digits.labels, digits.ids, digits.source)
-    flip = lambda x, g: x.flip(-1).roll(2, -1)  # noqa: E731
-    plain = ClutteredBatches(digits, 6, canvas=50, seed=1).images(0, 1)
-    moved = ClutteredBatches(digits, 6, canvas=50, seed=1, transform=flip).images(0, 1)
-    assert torch.equal(plain.boxes, moved.boxes) and torch.equal(plain.distractor,
-                                                                   moved.distractor)
+    aff = augmentation("affine")
+    plain = ClutteredBatches(digits, 6, canvas=50, distractors=12, seed=1).images(0, 1)
+    moved = ClutteredBatches(digits, 6, canvas=50, distractors=12, seed=1,
+                             transform=aff).images(0, 1)
     inside = torch.zeros_like(plain.images, dtype=torch.bool)
     for i, (t, l, b, r) in enumerate(plain.boxes.tolist()):
         inside[i, 0, t:b + 1, l:r + 1] = True
-    assert torch.equal(plain.images[~inside], moved.images[~inside])  # distractors untouched
+    assert not torch.equal(plain.images[~inside], moved.images[~inside])
     assert not torch.equal(plain.images[inside], moved.images[inside])
-    # without distractors the placed square is exactly where the transform put it
-    for transform, lo in ((None, 9), (flip, 11)):
-        one = ClutteredBatches(digits, 6, canvas=50, distractors=0, seed=1,
-                               transform=transform).images(0, 1)
-        t, l = one.boxes[0, :2].tolist()
-        ink = one.images[0, 0, t:t + 28, l:l + 28] == 200
-        cols, rows = ink.any(0).nonzero().flatten(), ink.any(1).nonzero().flatten()
-        assert (int(cols.min()), int(cols.max())) == (lo, lo + 9)
-        assert (int(rows.min()), int(rows.max())) == (9, 18)
-        assert int(one.images.sum()) == 6 * 100 * 200
+    # without distractors: nothing outside the box, and the digit lies inside it
+    one = ClutteredBatches(digits, 6, canvas=50, distractors=0, seed=1,
+                           transform=aff).images(0, 1)
+    assert int(one.images[~inside].max()) == 0 and int(one.images.max()) > 0
 
 
 def test_identity_transform_and_real_augmentation_are_deterministic() -> None:
@@ -157,6 +169,8 @@ def test_bad_transform_raises() -> None:
         clutter(d.images, d.labels, torch.arange(2), canvas=40, transform="affine")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shape"):
         clutter(d.images, d.labels, torch.arange(2), canvas=40, transform=lambda x, g: x[:, :, :5])
+    with pytest.raises(ValueError, match="tensor"):
+        clutter(d.images, d.labels, torch.arange(2), canvas=40, transform=lambda x, g: None)
 
 
 def test_each_digit_once_per_epoch() -> None:

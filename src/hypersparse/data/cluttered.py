@@ -95,6 +95,17 @@ def _paste(canvas: Tensor, src: Tensor, top: Tensor, left: Tensor, width: int) -
     canvas.scatter_add_(1, flat.reshape(n, -1), src.reshape(n, -1).to(canvas.dtype))
 
 
+def _transformed(transform: Callable[[Tensor, torch.Generator | None], Tensor], images: Tensor,
+                 generator: torch.Generator | None) -> Tensor:
+    """``transform`` applied to uint8 (m, 28, 28) images through float [0, 1] and back."""
+    m = images.shape[0]
+    x = transform(images.unsqueeze(1).float().div_(255.0), generator)  # (m, 1, 28, 28)
+    if not isinstance(x, Tensor) or tuple(x.shape) != (m, 1, DIGIT, DIGIT):
+        raise ValueError(f"transform must return a tensor of shape {(m, 1, DIGIT, DIGIT)}, "
+                         f"got {getattr(x, 'shape', type(x))}")
+    return x.squeeze(1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)  # (m, 28, 28)
+
+
 def clutter(
     images: Tensor,
     labels: Tensor,
@@ -110,7 +121,8 @@ def clutter(
 
     Distractor crops come from ``images`` only (one split), drawn with replacement. Random
     numbers, in this order, from ``generator``: digit positions, distractor sources, crop
-    offsets, distractor positions, then whatever ``transform`` draws.
+    offsets, distractor positions, then whatever ``transform`` draws (digits, then distractor
+    sources).
 
     Args:
         images: the split's digits, (N, 28, 28) uint8.
@@ -119,8 +131,11 @@ def clutter(
         canvas: the canvas side W.
         distractors: D, crops per canvas.
         patch: the crop side.
-        transform: optional training augmentation of the placed digits (not the distractors):
-            ``transform(x, generator)`` with ``x`` float (n, 1, 28, 28) in [0, 1], returning
+        transform: optional training augmentation, applied to the placed digits and, by
+            separate draws, to every distractor's source image before it is cropped, so that
+            the resampling's smoothing marks neither the digit nor the clutter (augmenting the
+            digit alone lets a model find it by its blur: measured in docs/glimpse.md).
+            ``transform(x, generator)`` gets ``x`` float (m, 1, 28, 28) in [0, 1] and returns
             the same shape (e.g. :func:`~hypersparse.data.augmentation`); the result is
             rounded back to uint8. The digit box stays the 28x28 square it is pasted in.
 
@@ -148,12 +163,12 @@ def clutter(
     crop = torch.randint(0, DIGIT - patch + 1, (n, d, 2), generator=g)  # (n, D, 2)
     where = torch.randint(0, w - patch + 1, (n, d, 2), generator=g)  # (n, D, 2)
     placed = images[index]  # (n, 28, 28)
+    sources, src_index = images, src  # distractor crops read sources[src_index]
     if transform is not None and n:
-        x = transform(placed.unsqueeze(1).float().div_(255.0), g)  # (n, 1, 28, 28)
-        if tuple(x.shape) != (n, 1, DIGIT, DIGIT):
-            raise ValueError(f"transform must return shape {(n, 1, DIGIT, DIGIT)}, "
-                             f"got {tuple(x.shape)}")
-        placed = x.squeeze(1).mul(255.0).round_().clamp_(0, 255).to(torch.uint8)  # (n, 28, 28)
+        placed = _transformed(transform, placed, g)
+        if d:
+            sources = _transformed(transform, images[src.flatten()], g)  # (n D, 28, 28)
+            src_index = torch.arange(n * d).view(n, d)  # (n, D)
     out = torch.empty(n, 1, w, w, dtype=torch.uint8)
     ar = torch.arange(patch)
     for s in range(0, n, CHUNK):
@@ -162,7 +177,7 @@ def clutter(
         if d:
             rows = (crop[s:e, :, 0:1] + ar).unsqueeze(-1)  # (n', D, p, 1)
             cols = (crop[s:e, :, 1:2] + ar).unsqueeze(-2)  # (n', D, 1, p)
-            pieces = images[src[s:e, :, None, None], rows, cols]  # (n', D, p, p)
+            pieces = sources[src_index[s:e, :, None, None], rows, cols]  # (n', D, p, p)
             _paste(acc, pieces, where[s:e, :, 0], where[s:e, :, 1], w)
         _paste(acc, placed[s:e], pos[s:e, 0], pos[s:e, 1], w)
         out[s:e, 0] = acc.clamp_(max=255).to(torch.uint8).view(e - s, w, w)

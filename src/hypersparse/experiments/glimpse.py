@@ -69,9 +69,9 @@ class GlimpseConfig:
     # a digit the box only partly covers; 0: from the top glimpse as the head saw it
     reader_jitter: float = 0.0
     cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
-    # training-time augmentation of the placed digit (never the distractors, val or test), for
-    # every stage alike (glimpse, CNN, STN): "affine" rotates up to 10 deg, scales 0.9-1.1 and
-    # shifts up to augment_shift px inside the digit's 28x28 square; "shift" only shifts
+    # training-time augmentation of the placed digit and the distractors' source images (never
+    # val or test), for every stage alike (glimpse, CNN, STN): "affine" rotates up to 10 deg,
+    # scales 0.9-1.1 and shifts up to augment_shift px inside the 28x28 square; "shift" shifts
     augment: Literal["none", "shift", "affine"] = "none"
     augment_shift: int = 2
     global_samples: int = 2
