@@ -133,8 +133,8 @@ def clutter(
         patch: the crop side.
         transform: optional training augmentation, applied to the placed digits and, by
             separate draws, to every distractor's source image before it is cropped, so that
-            the resampling's smoothing marks neither the digit nor the clutter (augmenting the
-            digit alone lets a model find it by its blur: measured in docs/glimpse.md).
+            the resampling's smoothing marks neither the digit nor the clutter (were the digit
+            alone augmented, its blur would single it out in training and never in test).
             ``transform(x, generator)`` gets ``x`` float (m, 1, 28, 28) in [0, 1] and returns
             the same shape (e.g. :func:`~hypersparse.data.augmentation`); the result is
             rounded back to uint8. The digit box stays the 28x28 square it is pasted in.
