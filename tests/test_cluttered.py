@@ -161,6 +161,22 @@ def test_identity_transform_and_real_augmentation_are_deterministic() -> None:
     assert 0 <= float(a.min()) and float(a.max()) <= 1
 
 
+def test_augmentation_with_probability() -> None:
+    x = torch.rand(64, 1, 28, 28)
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    assert torch.equal(augmentation("affine", p=0.0)(x, g()), x)  # type: ignore[misc]
+    full = augmentation("affine")(x, g())  # type: ignore[misc]
+    half = augmentation("affine", p=0.5)(x, g())  # type: ignore[misc]
+    kept = (half == x).flatten(1).all(1)  # (64,)
+    moved = (half != x).flatten(1).any(1)
+    assert 16 <= int(kept.sum()) <= 48 and torch.equal(kept, ~moved)
+    assert torch.equal(half, augmentation("affine", p=0.5)(x, g()))  # type: ignore[misc]
+    assert not torch.equal(full, x)
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="p must be"):
+            augmentation("affine", p=bad)  # type: ignore[arg-type]
+
+
 def test_bad_transform_raises() -> None:
     d = fake_digits(8)
     with pytest.raises(TypeError, match="transform"):

@@ -266,7 +266,8 @@ def test_augment_reaches_training_and_bad_values_raise(tmp_path: Path,
     # same seed and initialisation: only the augmented digits can change the first step
     assert any(not torch.equal(weights["none"][k], weights["affine"][k]) for k in weights["none"])
     for bad, match in (("augment=rotate", "augment must be one of"),
-                       ("augment_shift=5", "augment_shift")):
+                       ("augment_shift=5", "augment_shift"),
+                       ("augment_p=2", "p must be")):
         with pytest.raises(ValueError, match=match):
             run_experiment("glimpse", args + [bad], out=tmp_path / "bad", progress=False,
                            device="cpu")

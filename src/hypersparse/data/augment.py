@@ -129,20 +129,39 @@ def random_affine(
                          align_corners=False)  # (N, C, H, W)
 
 
-def augmentation(name: str, *, max_shift: int = 2) -> Transform | None:
+def augmentation(name: str, *, max_shift: int = 2, p: float = 1.0) -> Transform | None:
     """The transform called ``name`` (one of :data:`AUGMENTATIONS`); ``None`` for ``"none"``.
 
     ``"shift"``: :func:`random_shift` by up to ``max_shift`` pixels; ``"affine"``:
     :func:`random_affine` with rotations up to 10 degrees, scale 0.9-1.1 and translations up to
-    ``max_shift`` pixels.
+    ``max_shift`` pixels. With ``p < 1`` each image is transformed with probability ``p`` (one
+    uniform draw per image from the generator, before the transform's own draws) and passed
+    through unchanged otherwise, so a model also trains on unresampled images.
+
+    Example:
+        >>> aug = augmentation("affine", p=0.5)
+        >>> aug(torch.rand(4, 1, 28, 28), torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 1, 28, 28])
     """
+    if not isinstance(p, int | float) or isinstance(p, bool) or not 0 <= p <= 1:
+        raise ValueError(f"p must be a number in [0, 1], got {p!r}")
     if name == "none":
         return None
     if name == "shift":
-        return lambda x, g: random_shift(x, max_shift, generator=g)
-    if name == "affine":
-        return lambda x, g: random_affine(x, translate=float(max_shift), generator=g)
-    raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+        base: Transform = lambda x, g: random_shift(x, max_shift, generator=g)  # noqa: E731
+    elif name == "affine":
+        base = lambda x, g: random_affine(x, translate=float(max_shift), generator=g)  # noqa: E731
+    else:
+        raise ValueError(f"unknown augmentation {name!r}; valid: {', '.join(AUGMENTATIONS)}")
+    if p == 1:
+        return base
+
+    def sometimes(x: Tensor, g: torch.Generator | None) -> Tensor:
+        keep = torch.rand(x.shape[0], generator=g) >= p  # (N,) True: left as it is
+        out = base(x, g)
+        return torch.where(keep.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, out)
+
+    return sometimes
 
 
 class AugmentedBatches:

@@ -72,8 +72,10 @@ class GlimpseConfig:
     # training-time augmentation of the placed digit and the distractors' source images (never
     # val or test), for every stage alike (glimpse, CNN, STN): "affine" rotates up to 10 deg,
     # scales 0.9-1.1 and shifts up to augment_shift px inside the 28x28 square; "shift" shifts
+    # augment_p: the probability that an image (digit or distractor source) is transformed
     augment: Literal["none", "shift", "affine"] = "none"
     augment_shift: int = 2
+    augment_p: float = 1.0
     global_samples: int = 2
     local_samples: int = 4
     sigma_scale: float = 0.01
@@ -116,6 +118,16 @@ class GlimpseConfig:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=3, batch_size=64, lr=1e-3)
     )
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
+                             f"got {self.augment!r}")
+        if (not isinstance(self.augment_shift, int) or isinstance(self.augment_shift, bool)
+                or not 0 <= self.augment_shift <= 4):
+            raise ValueError(f"augment_shift must be an int in [0, 4] (the ink's margin in the "
+                             f"28x28 square), got {self.augment_shift!r}")
+        augmentation(self.augment, p=self.augment_p)  # raises on a bad augment_p
 
 
 # ----------------------------------------------------------------------------- models
@@ -517,18 +529,12 @@ class GlimpseExperiment(Experiment):
     def run(self, config: GlimpseConfig, ctx: RunContext) -> dict[str, Any]:
         if config.size < 4 and config.head == "cnn":
             raise ValueError(f"size must be >= 4 for the cnn head, got {config.size}")
-        if config.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
-                             f"got {config.augment!r}")
-        if (not isinstance(config.augment_shift, int) or isinstance(config.augment_shift, bool)
-                or not 0 <= config.augment_shift <= 4):
-            raise ValueError(f"augment_shift must be an int in [0, 4] (the ink's margin in the "
-                             f"28x28 square), got {config.augment_shift!r}")
         train = ClutteredBatches(digits(config.dataset, "train"), config.train.batch_size,
                                  canvas=config.canvas, distractors=config.distractors,
                                  patch=8, seed=config.seed,
                                  transform=augmentation(config.augment,
-                                                        max_shift=config.augment_shift))
+                                                        max_shift=config.augment_shift,
+                                                        p=config.augment_p))
         val = self._sets(config)["val"]
         vx, vy = val.float(), val.labels
 
