@@ -158,7 +158,7 @@ def augmentation(name: str, *, max_shift: int = 2, p: float = 1.0) -> Transform 
 
     def sometimes(x: Tensor, g: torch.Generator | None) -> Tensor:
         keep = torch.rand(x.shape[0], generator=g) >= p  # (N,) True: left as it is
-        out = base(x, g)
+        out = base(x, g)  # every image: the draws do not depend on the mask
         return torch.where(keep.to(x.device).view(-1, *[1] * (x.dim() - 1)), x, out)
 
     return sometimes

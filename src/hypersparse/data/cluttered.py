@@ -223,7 +223,8 @@ class ClutteredBatches:
         batch_size: canvases per batch (the last incomplete batch is dropped).
         canvas, distractors, patch: as for :func:`clutter` (distractors default by canvas).
         seed: the base seed.
-        transform: optional augmentation of the placed digits, as for :func:`clutter`.
+        transform: optional augmentation of the placed digits and the distractors' source
+            images, as for :func:`clutter`.
 
     Returns per batch ``(images float32 (B, 1, W, W) in [0, 1], labels (B,))``.
     """
