@@ -164,6 +164,19 @@ def augmentation(name: str, *, max_shift: int = 2, p: float = 1.0) -> Transform 
     return sometimes
 
 
+def check_augment_settings(augment: str, shift: int, p: float = 1.0,
+                           max_shift: int | None = None) -> None:
+    """Validate experiment settings ``augment``, ``augment_shift`` (an int in ``[0,
+    max_shift]``, no upper bound for ``None``) and ``augment_p``; raise ``ValueError``."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+    hi = "" if max_shift is None else f" and <= {max_shift}"
+    if (not isinstance(shift, int) or isinstance(shift, bool) or shift < 0
+            or (max_shift is not None and shift > max_shift)):
+        raise ValueError(f"augment_shift must be an int >= 0{hi}, got {shift!r}")
+    augmentation(augment, p=p)  # raises on a bad p
+
+
 class AugmentedBatches:
     """A batch source whose first tensor (the images) is transformed; the rest pass unchanged.
 

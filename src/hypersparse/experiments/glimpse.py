@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data import (
-    AUGMENTATIONS,
     ClutteredBatches,
     ClutteredImages,
     augmentation,
@@ -36,6 +35,7 @@ from ..data import (
     default_distractors,
     digits,
 )
+from ..data.augment import check_augment_settings
 from ..functional.glimpse import jitter_boxes, sample_boxes
 from ..nn.glimpse import Glimpse, box_source
 from ..nn.hyper import SigmaAnnealing, set_sigma_gain
@@ -120,14 +120,8 @@ class GlimpseConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, "
-                             f"got {self.augment!r}")
-        if (not isinstance(self.augment_shift, int) or isinstance(self.augment_shift, bool)
-                or not 0 <= self.augment_shift <= 4):
-            raise ValueError(f"augment_shift must be an int in [0, 4] (the ink's margin in the "
-                             f"28x28 square), got {self.augment_shift!r}")
-        augmentation(self.augment, p=self.augment_p)  # raises on a bad augment_p
+        # at most 4: the ink's margin in the 28x28 square
+        check_augment_settings(self.augment, self.augment_shift, self.augment_p, max_shift=4)
 
 
 # ----------------------------------------------------------------------------- models

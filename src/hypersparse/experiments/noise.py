@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import AUGMENTATIONS, AugmentedBatches, augmentation, digits
+from ..data import AugmentedBatches, augmentation, digits
+from ..data.augment import check_augment_settings
 from ..run import RunContext
 from ..train import TensorBatches, TrainConfig
 from .base import Experiment, register_experiment
@@ -147,12 +148,7 @@ class NoiseConfig:
         for n in self.forum_networks:
             if n not in FORUM_NETWORKS:
                 raise ValueError(f"unknown forum network {n!r}; valid: {', '.join(FORUM_NETWORKS)}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(
-                f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
-        if (not isinstance(self.augment_shift, int) or isinstance(self.augment_shift, bool)
-                or self.augment_shift < 0):
-            raise ValueError(f"augment_shift must be an int >= 0, got {self.augment_shift!r}")
+        check_augment_settings(self.augment, self.augment_shift)
         if self.eval_limit < 0:
             raise ValueError(f"eval_limit must be >= 0, got {self.eval_limit}")
         if self.first_epoch_batch_size < 0:
