@@ -126,10 +126,11 @@ def test_aggregate_ignores_none() -> None:
     assert agg["a.median"] == 2.0 and agg["b.n"] == 1
 
 
-@pytest.mark.parametrize("how", ["interrupt", "crash"])
-def test_resume_is_bit_exact(tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize(("how", "ema"), [("interrupt", False), ("crash", False),
+                                         ("interrupt", True)])
+def test_resume_is_bit_exact(tmp_path: Path, how: str, ema: bool) -> None:
     # 3 epochs of 20 steps; stopped at step 37 (mid-epoch 2), then resumed.
-    common = ["train.checkpoint_every=10"]
+    common = ["train.checkpoint_every=10", *(["train.ema_decay=0.9"] if ema else [])]
     full = run_experiment("toy", common, out=tmp_path / "full", progress=False)
     part = tmp_path / "part"
     stop = "interrupt_at=37" if how == "interrupt" else "crash_at=37"

@@ -34,6 +34,7 @@ __all__ = [
     "derive_seed",
     "lr_factor",
     "make_optimizer",
+    "ema_average",
 ]
 
 Batch = tuple[Tensor, ...]
@@ -56,6 +57,9 @@ class TrainConfig:
     ``cosine`` (to zero over the run), ``step`` (times ``lr_decay`` every ``decay_every``
     epochs) or ``exponential`` (times ``lr_decay`` per epoch, smoothly). ``warmup_steps`` ramps
     linearly from zero. ``checkpoint_every``/``val_every`` are in steps; 0 means at each epoch end.
+    ``ema_decay`` (when set, in (0, 1)) keeps an exponential moving average of the weights
+    (:func:`ema_average`); validation, the best checkpoint and the returned model then use the
+    average, and the live model's validation metrics are logged with the prefix ``live_``.
     """
 
     epochs: int = 1
@@ -73,6 +77,7 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 0
     checkpoint_every: int = 0
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -89,6 +94,8 @@ class TrainConfig:
         for name in ("val_every", "checkpoint_every", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"train.ema_decay must be in (0, 1) or None, got {self.ema_decay}")
 
 
 class BatchSource(Protocol):
@@ -220,6 +227,44 @@ def make_optimizer(params: Iterable[Any], config: TrainConfig) -> torch.optim.Op
     raise ValueError(f"unknown optimizer {config.optimizer!r}; valid: adam, adamw, sgd")
 
 
+def ema_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights, updated by ``update_parameters``.
+
+    A :class:`torch.optim.swa_utils.AveragedModel` that averages every parameter and floating
+    buffer (batch-norm statistics, annealed gains) with the warmed-up decay
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early averages are not dominated
+    by the initial weights; integer buffers follow the live model's. The copy is in eval mode
+    and needs no gradients; ``ema.module`` loads into (and from) the model's own state dict.
+
+    Args:
+        model: the live model; deep-copied once.
+        decay: the long-run decay in (0, 1), e.g. 0.999 (a horizon of about 1,000 steps).
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> ema = ema_average(net, 0.99)
+        >>> ema.update_parameters(net)
+        >>> torch.equal(ema.module.weight, net.weight)
+        True
+    """
+    if not 0 < decay < 1:
+        raise ValueError(f"decay must be in (0, 1), got {decay}")
+
+    @torch.no_grad()
+    def update(averaged: list[Tensor] | tuple[Tensor, ...],
+               current: list[Tensor] | tuple[Tensor, ...], n: Tensor | int) -> None:
+        # n counts the updates before this one (>= 1 here; the first update copies)
+        if not averaged[0].is_floating_point():
+            torch._foreach_copy_(averaged, current)
+            return
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        torch._foreach_lerp_(averaged, current, 1.0 - d)
+
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    ema.eval().requires_grad_(False)
+    return ema
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` returns. ``best`` is the selection metric's best value (or None)."""
@@ -319,6 +364,9 @@ def fit(
     base_lrs = [g["lr"] for g in opt.param_groups]
     ckpt_dir = ctx.run_dir / "checkpoints" / stage
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    ema = None if config.ema_decay is None else ema_average(model, config.ema_decay)
+    # what validation sees, the best checkpoint holds and fit returns: the average when kept
+    kept: nn.Module = model if ema is None else ema.module
 
     state: dict[str, Any] = {
         "step": 0,
@@ -334,6 +382,11 @@ def fit(
         ckpt = load_checkpoint(last_path, map_location=ctx.device)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            if "ema" not in ckpt:
+                raise ValueError(f"{last_path} holds no weight average; resume with the "
+                                 "train.ema_decay it was written with")
+            ema.load_state_dict(ckpt["ema"])
         state.update(ckpt["state"])
         if state["done"]:
             if best_path.exists():
@@ -351,6 +404,7 @@ def fit(
                     "optimizer": opt.state_dict(),
                     "state": state,
                     "metrics_lines": ctx.metrics_lines(),
+                    **({} if ema is None else {"ema": ema.state_dict()}),
                 },
                 last_path,
             )
@@ -361,7 +415,9 @@ def fit(
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            metrics = {k: float(v) for k, v in validate(model).items()}
+            metrics = {k: float(v) for k, v in validate(kept).items()}
+            if ema is not None:
+                metrics.update({f"live_{k}": float(v) for k, v in validate(model).items()})
         model.train(was_training)
         if select not in metrics:
             raise KeyError(f"validate() returned {sorted(metrics)}, missing select key {select!r}")
@@ -372,7 +428,7 @@ def fit(
             state["best"], state["best_step"] = value, step
             if ctx.is_main:
                 save_checkpoint(
-                    {"model": model.state_dict(), "step": step, select: value}, best_path
+                    {"model": kept.state_dict(), "step": step, select: value}, best_path
                 )
         return metrics
 
@@ -417,6 +473,8 @@ def fit(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             state["step"] = step = step + 1
             state["train_seconds"] += time.perf_counter() - t0
             consistent = True
@@ -469,8 +527,11 @@ def fit(
     _barrier(world)
     if validate is not None and best_path.exists():
         model.load_state_dict(load_checkpoint(best_path, map_location=ctx.device)["model"])
-    elif validate is None and ctx.is_main:
-        save_checkpoint({"model": model.state_dict(), "step": state["step"]}, best_path)
+    else:
+        if ema is not None:
+            model.load_state_dict(ema.module.state_dict())
+        if validate is None and ctx.is_main:
+            save_checkpoint({"model": model.state_dict(), "step": state["step"]}, best_path)
     return _result(state, steps_per_epoch)
 
 
