@@ -235,6 +235,8 @@ def ema_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.Average
     ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so early averages are not dominated
     by the initial weights; integer buffers follow the live model's. The copy is in eval mode
     and needs no gradients; ``ema.module`` loads into (and from) the model's own state dict.
+    Plain attributes (not parameters or buffers) are copied once, at construction: the average
+    is for evaluation, so training-only switches set later on the live model do not reach it.
 
     Args:
         model: the live model; deep-copied once.
