@@ -134,7 +134,7 @@ def _ema_fit(tmp_path: Path, ema: float | None) -> tuple[torch.nn.Module, list[d
 
 
 def test_fit_with_ema_validates_the_average_and_trains_as_without(tmp_path: Path) -> None:
-    plain, plain_val = _ema_fit(tmp_path / "plain", None)
+    _, plain_val = _ema_fit(tmp_path / "plain", None)
     avg, avg_val = _ema_fit(tmp_path / "ema", 0.8)
     # the average observes: the live model trains and validates exactly as without it
     assert [r["live_val_loss"] for r in avg_val] == [r["val_loss"] for r in plain_val]
