@@ -128,18 +128,22 @@ def _reader_cfg(**kw: object) -> GlimpseConfig:
                          reader_width=4, reader_blocks=2, **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("candidates,jitter", [(1, 0.0), (2, 0.0), (1, 3.0), (2, 3.0)])
-def test_reader_does_not_change_the_sampler_or_head(candidates: int, jitter: float) -> None:
-    """The reader learns from the detached top glimpse (jittered or not): with and without it,
-    the sampler and the head start and train identically; the reader trains, and eval uses
-    it."""
+@pytest.mark.parametrize("candidates,jitter,dropout",
+                         [(1, 0.0, 0.0), (2, 0.0, 0.0), (1, 3.0, 0.0), (2, 3.0, 0.0),
+                          (2, 0.0, 0.5), (1, 3.0, 0.5)])
+def test_reader_does_not_change_the_sampler_or_head(candidates: int, jitter: float,
+                                                    dropout: float) -> None:
+    """The reader learns from the detached top glimpse (jittered or not, with dropout or not):
+    with and without it, the sampler and the head start and train identically; the reader
+    trains, and eval uses it."""
     from hypersparse.experiments.glimpse import glimpse_loss
 
     x, y = torch.rand(6, 1, 40, 40), torch.randint(0, 10, (6,))
     runs = []
     for reader in (False, True):
         model = build(_reader_cfg(reader=reader, candidates=candidates,
-                                  reader_jitter=jitter if reader else 0.0), "glimpse",
+                                  reader_jitter=jitter if reader else 0.0,
+                                  reader_dropout=dropout if reader else 0.0), "glimpse",
                       torch.device("cpu"))
         start = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -199,6 +203,35 @@ def test_reader_jitter_moves_what_the_reader_reads(monkeypatch: pytest.MonkeyPat
         torch.testing.assert_close(before, top)
     with pytest.raises(ValueError, match="reader_jitter"):
         build(_reader_cfg(reader=True, reader_jitter=-1.0), "glimpse", torch.device("cpu"))
+
+
+def test_reader_dropout() -> None:
+    """Dropout on the reader's hidden layer in training only; the head has none; 0 keeps the
+    module list (and state_dict keys) as before; bad values raise."""
+    model = build(_reader_cfg(reader=True, reader_dropout=0.5), "glimpse", torch.device("cpu"))
+    plain = build(_reader_cfg(reader=True), "glimpse", torch.device("cpu"))
+    assert model.reader is not None and plain.reader is not None
+    drops = [m for m in model.reader.modules() if isinstance(m, torch.nn.Dropout)]
+    assert [d.p for d in drops] == [0.5]
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.head.modules())
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.modules())
+    g = torch.rand(4, 1, 1, 8, 8)
+    model.reader.train()
+    torch.manual_seed(0)
+    a = model.reader(g)
+    assert not torch.equal(a, model.reader(g))  # a fresh mask per call
+    model.reader.eval()
+    torch.testing.assert_close(model.reader(g), model.reader(g))
+    # the same weights without dropout: eval outputs equal (Dropout is the identity in eval)
+    remap = {k.replace("classify.3.", "classify.2."): v
+             for k, v in model.reader.state_dict().items()}
+    plain.reader.load_state_dict(remap)
+    torch.testing.assert_close(plain.reader.eval()(g), model.reader(g))
+    for bad in (1.0, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match="reader_dropout"):
+            build(_reader_cfg(reader=True, reader_dropout=bad), "glimpse", torch.device("cpu"))
+    with pytest.raises(ValueError, match="reader_dropout"):
+        build(_reader_cfg(reader=False, reader_dropout=0.5), "glimpse", torch.device("cpu"))
 
 
 def test_reader_gets_no_gradient_into_the_sampler() -> None:
