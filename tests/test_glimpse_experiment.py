@@ -128,14 +128,15 @@ def _reader_cfg(**kw: object) -> GlimpseConfig:
                          reader_width=4, reader_blocks=2, **kw)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("candidates,jitter,dropout",
-                         [(1, 0.0, 0.0), (2, 0.0, 0.0), (1, 3.0, 0.0), (2, 3.0, 0.0),
-                          (2, 0.0, 0.5), (1, 3.0, 0.5)])
+@pytest.mark.parametrize("candidates,jitter,dropout,norm",
+                         [(1, 0.0, 0.0, False), (2, 0.0, 0.0, False), (1, 3.0, 0.0, False),
+                          (2, 3.0, 0.0, False), (2, 0.0, 0.5, False), (1, 3.0, 0.5, False),
+                          (2, 0.0, 0.0, True), (2, 3.0, 0.5, True)])
 def test_reader_does_not_change_the_sampler_or_head(candidates: int, jitter: float,
-                                                    dropout: float) -> None:
-    """The reader learns from the detached top glimpse (jittered or not, with dropout or not):
-    with and without it, the sampler and the head start and train identically; the reader
-    trains, and eval uses it."""
+                                                    dropout: float, norm: bool) -> None:
+    """The reader learns from the detached top glimpse (jittered or not, with dropout and
+    batch norm or not): with and without it, the sampler and the head start and train
+    identically; the reader trains, and eval uses it."""
     from hypersparse.experiments.glimpse import glimpse_loss
 
     x, y = torch.rand(6, 1, 40, 40), torch.randint(0, 10, (6,))
@@ -143,7 +144,8 @@ def test_reader_does_not_change_the_sampler_or_head(candidates: int, jitter: flo
     for reader in (False, True):
         model = build(_reader_cfg(reader=reader, candidates=candidates,
                                   reader_jitter=jitter if reader else 0.0,
-                                  reader_dropout=dropout if reader else 0.0), "glimpse",
+                                  reader_dropout=dropout if reader else 0.0,
+                                  reader_norm=norm and reader), "glimpse",
                       torch.device("cpu"))
         start = {k: v.clone() for k, v in model.state_dict().items()}
         opt = torch.optim.Adam(model.parameters(), 1e-2)
@@ -232,6 +234,34 @@ def test_reader_dropout() -> None:
             build(_reader_cfg(reader=True, reader_dropout=bad), "glimpse", torch.device("cpu"))
     with pytest.raises(ValueError, match="reader_dropout"):
         build(_reader_cfg(reader=False, reader_dropout=0.5), "glimpse", torch.device("cpu"))
+
+
+def test_reader_norm() -> None:
+    """Batch norm between the reader's hidden Linear and its ReLU, nowhere else; eval uses its
+    running statistics; a non-bool or a reader-less config raises."""
+    model = build(_reader_cfg(reader=True, reader_norm=True), "glimpse", torch.device("cpu"))
+    assert model.reader is not None
+    kinds = [type(m) for m in model.reader.classify]
+    assert kinds == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Linear]
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.head.modules())
+    bn = model.reader.classify[1]
+    g = torch.rand(6, 1, 1, 8, 8)
+    model.reader.train()(g)
+    assert int(bn.num_batches_tracked) == 1 and not torch.equal(bn.running_mean,
+                                                               torch.zeros(128))
+    model.reader.eval()
+    h = model.reader.classify[0](model.reader.features(g.flatten(0, 1)).flatten(1))
+    expect = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    torch.testing.assert_close(model.reader.classify[1](h), expect)
+    # hidden units are centred per batch in training: about half of them fire on each input
+    model.reader.train()
+    big = torch.rand(64, 1, 1, 8, 8)
+    hidden = model.reader.classify[:3](model.reader.features(big.flatten(0, 1)).flatten(1))
+    assert 0.3 < float((hidden > 0).float().mean()) < 0.7
+    with pytest.raises(ValueError, match="reader_norm"):
+        build(_reader_cfg(reader=True, reader_norm=1), "glimpse", torch.device("cpu"))
+    with pytest.raises(ValueError, match="reader_norm"):
+        build(_reader_cfg(reader=False, reader_norm=True), "glimpse", torch.device("cpu"))
 
 
 def test_reader_gets_no_gradient_into_the_sampler() -> None:

@@ -73,6 +73,9 @@ class GlimpseConfig:
     # points in each step and the reader's input is detached, so the box trains exactly as
     # without it
     reader_dropout: float = 0.0
+    # reader_norm (needs reader): batch norm on the reader's hidden layer (Linear -> BN ->
+    # ReLU), which keeps its units from dying; the box trains exactly as without it
+    reader_norm: bool = False
     cnn_channels: tuple[int, ...] = (32, 64, 64, 128)
     # training-time augmentation of the placed digit and the distractors' source images (never
     # val or test), for every stage alike (glimpse, CNN, STN): "affine" rotates up to 10 deg,
@@ -143,24 +146,32 @@ class GlimpseHead(nn.Module):
 
     ``cnn``: a shared per-glimpse CNN of ``blocks`` 3x3 conv blocks with batch norm, widths
     ``w, 2w, 4w, ...``, each followed by a 2x2 max pool; features concatenated ->
-    Linear(128) -> ReLU [-> Dropout(dropout)] -> Linear(10). ``mlp``: the 2019 head,
-    Linear(k*k*C*G, 32) -> ReLU [-> Dropout(dropout)] -> Linear(10).
+    Linear(128) [-> BatchNorm1d] -> ReLU [-> Dropout(dropout)] -> Linear(10). ``mlp``: the
+    2019 head, Linear(k*k*C*G, 32) [-> BatchNorm1d] -> ReLU [-> Dropout(dropout)] ->
+    Linear(10). ``norm=True`` adds the batch norm on the hidden layer.
     """
 
     def __init__(self, glimpses: int, channels: int, size: int, kind: str = "cnn",
-                 width: int = 32, blocks: int = 2, dropout: float = 0.0) -> None:
+                 width: int = 32, blocks: int = 2, dropout: float = 0.0,
+                 norm: bool = False) -> None:
         super().__init__()
+        if not isinstance(norm, bool):
+            raise ValueError(f"norm (reader_norm) must be a bool, got {norm!r}")
         if (not isinstance(dropout, (int, float)) or isinstance(dropout, bool)
                 or not 0 <= dropout < 1):
             raise ValueError(f"dropout (reader_dropout) must be a number in [0, 1), "
                              f"got {dropout!r}")
         # no module when 0: a model without dropout keeps its structure and state_dict keys
         drop: list[nn.Module] = [nn.Dropout(float(dropout))] if dropout > 0 else []
+
+        def bn(width: int) -> list[nn.Module]:
+            return [nn.BatchNorm1d(width)] if norm else []
+
         self.kind = kind
         if kind == "mlp":
             self.features: nn.Module = nn.Identity()
             n = glimpses * channels * size * size
-            self.classify = nn.Sequential(nn.Linear(n, 32), nn.ReLU(), *drop,
+            self.classify = nn.Sequential(nn.Linear(n, 32), *bn(32), nn.ReLU(), *drop,
                                           nn.Linear(32, 10))
         elif kind == "cnn":
             if not isinstance(blocks, int) or blocks < 1 or size >> blocks < 1:
@@ -174,7 +185,7 @@ class GlimpseHead(nn.Module):
                 c = width << i
             self.features = nn.Sequential(*layers)
             n = glimpses * c * (size >> blocks) ** 2
-            self.classify = nn.Sequential(nn.Linear(n, 128), nn.ReLU(), *drop,
+            self.classify = nn.Sequential(nn.Linear(n, 128), *bn(128), nn.ReLU(), *drop,
                                           nn.Linear(128, 10))
         else:
             raise ValueError(f"head must be 'cnn' or 'mlp', got {kind!r}")
@@ -404,11 +415,14 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 1)
             reader = GlimpseHead(config.glimpses, 1, config.size, "cnn", config.reader_width,
-                                 config.reader_blocks, config.reader_dropout)
+                                 config.reader_blocks, config.reader_dropout,
+                                 config.reader_norm)
     if config.reader_jitter and not config.reader:
         raise ValueError(f"reader_jitter={config.reader_jitter} needs reader=true")
     if config.reader_dropout and not config.reader:
         raise ValueError(f"reader_dropout={config.reader_dropout} needs reader=true")
+    if config.reader_norm and not config.reader:
+        raise ValueError("reader_norm=true needs reader=true")
     if kind == "glimpse":
         if not isinstance(config.candidates, int) or config.candidates < 1:
             raise ValueError(f"candidates must be an int >= 1, got {config.candidates!r}")
