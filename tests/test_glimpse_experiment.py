@@ -264,6 +264,18 @@ def test_reader_norm() -> None:
         build(_reader_cfg(reader=False, reader_norm=True), "glimpse", torch.device("cpu"))
 
 
+@pytest.mark.parametrize("kind", ["cnn", "mlp"])
+def test_head_norm(kind: str) -> None:
+    model = build(GlimpseConfig(canvas=40, size=8, downsample=2, head_width=4, head=kind,
+                                head_norm=True), "glimpse", torch.device("cpu"))
+    kinds = [type(m) for m in model.head.classify]
+    assert kinds == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Linear]
+    assert model.eval()(torch.rand(2, 1, 40, 40)).shape == (2, 10)
+    with pytest.raises(ValueError, match="head_norm"):
+        build(GlimpseConfig(canvas=40, size=8, downsample=2, head_width=4,
+                            head_norm="yes"), "glimpse", torch.device("cpu"))  # type: ignore[arg-type]
+
+
 def test_reader_gets_no_gradient_into_the_sampler() -> None:
     model = build(_reader_cfg(reader=True, candidates=2), "glimpse", torch.device("cpu")).train()
     x = torch.rand(4, 1, 40, 40)

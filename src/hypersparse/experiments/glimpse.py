@@ -59,6 +59,7 @@ class GlimpseConfig:
     head: Literal["cnn", "mlp"] = "cnn"
     head_width: int = 32
     head_blocks: int = 2  # cnn head: conv blocks (widths w, 2w, 4w, ...), each pooled by 2
+    head_norm: bool = False  # batch norm on the head's hidden layer (Linear -> BN -> ReLU)
     # reader: a second cnn head of reader_blocks blocks (width reader_width) that learns from
     # the detached top glimpse and classifies at eval; the head then only trains the box
     reader: bool = False
@@ -406,8 +407,10 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
     torch.manual_seed(config.seed)
     in_shape = (1, config.canvas, config.canvas)
     g = torch.Generator().manual_seed(config.seed)
+    if not isinstance(config.head_norm, bool):
+        raise ValueError(f"head_norm must be a bool, got {config.head_norm!r}")
     head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width,
-                       config.head_blocks)
+                       config.head_blocks, norm=config.head_norm)
     reader = None
     if config.reader:
         # its own RNG stream: the sampler and head start (and, the reader's input being
