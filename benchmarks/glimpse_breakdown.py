@@ -14,7 +14,8 @@ test set.
 Run (one or more glimpse runs, each with the CNN run of the same seed)::
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/glimpse_breakdown.py \
-        RUN_DIR[:CNN_RUN_DIR] [...] [--out results/glimpse_breakdown.json]
+        RUN_DIR[:CNN_RUN_DIR] [...] [--checkpoint best|last] \
+        [--out results/glimpse_breakdown.json]
 """
 
 from __future__ import annotations
@@ -37,14 +38,16 @@ from hypersparse.run import config_from_dict
 CPU = torch.device("cpu")
 
 
-def load(run: Path, stage: str) -> tuple[GlimpseConfig, nn.Module]:
-    """The config and the best checkpoint of ``stage`` of a glimpse run."""
+def load(run: Path, stage: str, checkpoint: str = "best") -> tuple[GlimpseConfig, nn.Module]:
+    """The config and the best (or ``checkpoint="last"``: the last) checkpoint of ``stage`` of
+    a glimpse run."""
     saved = json.loads((run / "config.json").read_text())
     if saved.get("experiment") != "glimpse":
         raise ValueError(f"{run} is not a glimpse run (experiment {saved.get('experiment')!r})")
     config = config_from_dict(GlimpseConfig, saved["config"])
     model = build(config, stage, CPU)
-    model.load_state_dict(load_checkpoint(run / "checkpoints" / stage / "best.pt", CPU)["model"])
+    path = run / "checkpoints" / stage / f"{checkpoint}.pt"
+    model.load_state_dict(load_checkpoint(path, CPU)["model"])
     return config, model.eval()
 
 
@@ -75,8 +78,9 @@ def cnn_wrong(cnn_run: Path, split: str, config: GlimpseConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
-    config, model = load(run, "glimpse")
+def breakdown(run: Path, cnn_run: Path | None, split: str,
+              checkpoint: str = "best") -> dict[str, Any]:
+    config, model = load(run, "glimpse", checkpoint)
     if not isinstance(model, GlimpseNet):
         raise TypeError("expected a GlimpseNet")
     data = clutterings(config) if split == "val5" else \
@@ -99,7 +103,8 @@ def breakdown(run: Path, cnn_run: Path | None, split: str) -> dict[str, Any]:
     dist = ((boxes[:, :2] + boxes[:, 2:]) / 2 - (truth[:, :2] + truth[:, 2:]) / 2).norm(dim=-1)
     q = torch.tensor([0.25, 0.5, 0.75])
     out: dict[str, Any] = {
-        "run": str(run), "cnn_run": None if cnn_run is None else str(cnn_run), "split": split,
+        "run": str(run), "checkpoint": checkpoint,
+        "cnn_run": None if cnn_run is None else str(cnn_run), "split": split,
         "images": len(labels), "well_read": int(well.sum()),
         "missed": int((cover < 0.7).sum()),
         "box_height": float((boxes[:, 2] - boxes[:, 0]).mean()),
@@ -125,13 +130,15 @@ def main() -> None:
     parser.add_argument("--splits", default="val,test",
                         help="comma-separated: val, test, val5 (five more clutterings of "
                              "the validation digits)")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="the glimpse stage's checkpoint to read (the CNN's: always best)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     results = []
     for spec in args.runs:
         run, _, cnn = spec.partition(":")
         for split in args.splits.split(","):
-            r = breakdown(Path(run), Path(cnn) if cnn else None, split)
+            r = breakdown(Path(run), Path(cnn) if cnn else None, split, args.checkpoint)
             results.append(r)
             print(json.dumps(r))
     if args.out:

@@ -234,6 +234,10 @@ def test_reader_dropout() -> None:
             build(_reader_cfg(reader=True, reader_dropout=bad), "glimpse", torch.device("cpu"))
     with pytest.raises(ValueError, match="reader_dropout"):
         build(_reader_cfg(reader=False, reader_dropout=0.5), "glimpse", torch.device("cpu"))
+    with pytest.raises(ValueError, match="dropout"):
+        GlimpseHead(1, 1, 8, "cnn", dropout=1.0)
+    with pytest.raises(ValueError, match="norm"):
+        GlimpseHead(1, 1, 8, "cnn", norm=None)  # type: ignore[arg-type]
 
 
 def test_reader_norm() -> None:

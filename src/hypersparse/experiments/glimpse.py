@@ -157,11 +157,10 @@ class GlimpseHead(nn.Module):
                  norm: bool = False) -> None:
         super().__init__()
         if not isinstance(norm, bool):
-            raise ValueError(f"norm (reader_norm) must be a bool, got {norm!r}")
+            raise ValueError(f"norm must be a bool, got {norm!r}")
         if (not isinstance(dropout, (int, float)) or isinstance(dropout, bool)
                 or not 0 <= dropout < 1):
-            raise ValueError(f"dropout (reader_dropout) must be a number in [0, 1), "
-                             f"got {dropout!r}")
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         # no module when 0: a model without dropout keeps its structure and state_dict keys
         drop: list[nn.Module] = [nn.Dropout(float(dropout))] if dropout > 0 else []
 
@@ -407,8 +406,12 @@ def build(config: GlimpseConfig, kind: str, device: torch.device) -> nn.Module:
     torch.manual_seed(config.seed)
     in_shape = (1, config.canvas, config.canvas)
     g = torch.Generator().manual_seed(config.seed)
-    if not isinstance(config.head_norm, bool):
-        raise ValueError(f"head_norm must be a bool, got {config.head_norm!r}")
+    for name in ("head_norm", "reader_norm"):
+        if not isinstance(getattr(config, name), bool):
+            raise ValueError(f"{name} must be a bool, got {getattr(config, name)!r}")
+    d = config.reader_dropout
+    if not isinstance(d, (int, float)) or isinstance(d, bool) or not 0 <= d < 1:
+        raise ValueError(f"reader_dropout must be a number in [0, 1), got {d!r}")
     head = GlimpseHead(config.glimpses, 1, config.size, config.head, config.head_width,
                        config.head_blocks, norm=config.head_norm)
     reader = None
