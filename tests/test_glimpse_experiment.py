@@ -350,3 +350,27 @@ def test_augment_reaches_training_and_bad_values_raise(tmp_path: Path,
         with pytest.raises(ValueError, match=match):
             run_experiment("glimpse", args + [bad], out=tmp_path / "bad", progress=False,
                            device="cpu")
+
+
+@pytest.mark.parametrize("preset,glimpses,size", [("full", 1, 32), ("full8", 8, 12)])
+def test_presets_build_train_and_read(preset: str, glimpses: int, size: int) -> None:
+    """Both 100x100 presets resolve, train on the candidate mixture (2 hypotheses) with a
+    reader, and read one set of G k x k glimpses at eval, inside the image."""
+    from hypersparse.experiments.glimpse import GlimpseExperiment
+    from hypersparse.run import resolve_config
+
+    config, _ = resolve_config(GlimpseExperiment, [f"preset={preset}"])
+    assert (config.canvas, config.glimpses, config.size) == (100, glimpses, size)
+    assert config.candidates == 2 and config.reader and config.downsample == 3
+    model = build(config, "glimpse", torch.device("cpu"))
+    x = torch.rand(3, 1, 100, 100)
+    head_out, read = model.train()(x)
+    assert head_out.shape == read.shape == (3, 10)
+    # the mixture's class log-probabilities are normalised
+    torch.testing.assert_close(head_out.exp().sum(-1), torch.ones(3))
+    read_g, boxes = model.sampler.forward_with_boxes(x)
+    assert read_g.shape == (3, glimpses, 1, size, size) and boxes.shape == (3, glimpses, 4)
+    assert bool((boxes >= 0).all() and (boxes <= 99).all())
+    assert model.eval()(x).shape == (3, 10)
+    # source: every 3rd row and column from 1 (33 x 33); glimpses: at most G k k pixels
+    assert bool((model.sampler.pixels_read(x) <= (33 * 33 + glimpses * size * size) / 1e4).all())

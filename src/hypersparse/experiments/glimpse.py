@@ -531,8 +531,13 @@ class GlimpseExperiment(Experiment):
                  "candidates": 2, "candidate_radius": 2, "reader": True,
                  "downsample": 3, "downsample_offset": 1,
                  "train.epochs": 30, "train.schedule": "cosine"},
+        # 8 glimpses of 12x12 with the `full` preset's recipe (2 candidates in training, the
+        # reader, the source on every 3rd pixel); the n-th peaks of all 8 heat maps form
+        # hypothesis n
         "full8": {"canvas": 100, "distractors": 8, "glimpses": 8, "size": 12,
                   "extent": (0.1, 0.3), "init_extent": 0.2, "sigma_scale": 0.006,
+                  "candidates": 2, "candidate_radius": 2, "reader": True,
+                  "downsample": 3, "downsample_offset": 1,
                   "train.epochs": 30, "train.schedule": "cosine"},
         # the 60x60 recipe measured in docs/glimpse.md
         "c60": {"train.epochs": 20, "train.schedule": "cosine"},
