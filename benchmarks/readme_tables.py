@@ -129,7 +129,7 @@ def _glimpse(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
         pix = [by_seed[s]["pixels_read_fraction"] for s in seeds if s in by_seed]
         rows.append([name] + [f"{100 * by_seed[s]['test_error']:.2f}%" if s in by_seed else "-"
                               for s in seeds]
-                    + [f"{100 * sum(errs) / len(errs):.2f}%" if len(errs) == len(seeds) else "-",
+                    + [f"{100 * sum(errs) / len(errs):.3f}%" if len(errs) == len(seeds) else "-",
                        f"{below} of {len(errs)}",
                        f"{100 * max(pix):.2f}%"])
     return {"seeds60": {
