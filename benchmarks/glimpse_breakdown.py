@@ -29,9 +29,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from hypersparse.data import ClutteredImages, cluttered_set, digits
+from hypersparse.data import ClutteredImages
 from hypersparse.experiments.common import batched
-from hypersparse.experiments.glimpse import GlimpseConfig, GlimpseNet, _fixed_set, build
+from hypersparse.experiments.glimpse import (
+    GlimpseConfig,
+    GlimpseNet,
+    _fixed_set,
+    build,
+    val_clutterings,
+)
 from hypersparse.io import atomic_write_json, load_checkpoint
 from hypersparse.run import config_from_dict
 
@@ -52,13 +58,9 @@ def load(run: Path, stage: str, checkpoint: str = "best") -> tuple[GlimpseConfig
 
 
 def clutterings(config: GlimpseConfig, count: int = 5) -> ClutteredImages:
-    """``count`` more clutterings of the validation digits (fixed seeds 1001, 1002, ...): a
-    larger set for comparing localisation between runs without looking at the test set."""
-    sets = [cluttered_set(digits(config.dataset, "val"), canvas=config.canvas,
-                          distractors=config.distractors, seed=1000 + i)
-            for i in range(1, count + 1)]
-    return ClutteredImages(*(torch.cat([getattr(d, f) for d in sets]) for f in
-                             ("images", "labels", "boxes", "digit", "distractor")))
+    """``count`` more clutterings of the validation digits (the experiment's
+    ``val_clutterings`` sets, seeds 1001, 1002, ...)."""
+    return val_clutterings(config, count)
 
 
 _CNN_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}

@@ -374,3 +374,45 @@ def test_presets_build_train_and_read(preset: str, glimpses: int, size: int) -> 
     assert model.eval()(x).shape == (3, 10)
     # source: every 3rd row and column from 1 (33 x 33); glimpses: at most G k k pixels
     assert bool((model.sampler.pixels_read(x) <= (33 * 33 + glimpses * size * size) / 1e4).all())
+
+
+def test_val_clutterings_select_on_more_validation_images(tmp_path: Path,
+                                                          mnist_available: bool) -> None:
+    """val_clutterings=3 validates on the fixed set plus 2 more clutterings of the same
+    validation digits (never test digits); the fixed set's error is logged on its own and
+    equals a 1-cluttering run's (same seed: same training), and training is unchanged."""
+    from hypersparse.experiments.glimpse import _fixed_set, val_clutterings
+    from hypersparse.io import load_checkpoint
+    from hypersparse.run import run_experiment
+
+    args = ["train.max_steps=2", "train.batch_size=8", "canvas=36", "size=8", "downsample=2",
+            "eval_digits=12", "eval_batch=12", "head_width=4", "cnn=false", "stn=false"]
+    one = run_experiment("glimpse", args, out=tmp_path / "one", progress=False, device="cpu")
+    three = run_experiment("glimpse", args + ["val_clutterings=3"], out=tmp_path / "three",
+                           progress=False, device="cpu")
+
+    def vals(run: Path) -> list[dict[str, float]]:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in rows if r.get("split") == "val"]
+
+    v1, v3 = vals(one), vals(three)
+    assert len(v1) == len(v3) >= 1 and "val_fixed_error" not in v1[0]
+    assert [r["val_error"] for r in v1] == [r["val_fixed_error"] for r in v3]
+    a, b = (load_checkpoint(r / "checkpoints" / "glimpse" / "last.pt",
+                            torch.device("cpu"))["model"] for r in (one, three))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    s1, s3 = (json.loads((r / "summary.json").read_text()) for r in (one, three))
+    assert s1["val_error"] == s3["val_error"]  # the summary reports the fixed set
+    # the extra clutterings: the validation digits again, on new canvases
+    config = GlimpseConfig(canvas=36)
+    fixed = _fixed_set(config.dataset, "val", 36, None)
+    more = val_clutterings(config, 2, limit=12)
+    assert len(more) == 24
+    assert torch.equal(more.labels, fixed.labels[:12].repeat(2))
+    assert torch.equal(more.digit, fixed.digit[:12].repeat(2))
+    assert not torch.equal(more.images[:12], fixed.images[:12])
+    assert not torch.equal(more.images[:12], more.images[12:])
+    for bad in ("val_clutterings=0", "val_clutterings=true", "val_clutterings=1.5"):
+        with pytest.raises((ValueError, TypeError), match="val_clutterings"):
+            run_experiment("glimpse", args + [bad], out=tmp_path / "bad", progress=False,
+                           device="cpu")

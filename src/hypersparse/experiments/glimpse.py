@@ -124,6 +124,11 @@ class GlimpseConfig:
     stn: bool = True
     eval_batch: int = 500
     eval_digits: int | None = None  # cap the fixed val/test sets (smoke tests); None: all
+    # checkpoints are selected on the fixed validation set plus val_clutterings - 1 more
+    # clutterings of the same validation digits (fixed seeds 1001, 1002, ...; every stage
+    # alike): 1,000 validation images move the selected epoch by chance, and more clutterings
+    # average the clutter's share of that noise out (the digits' share stays)
+    val_clutterings: int = 1
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(epochs=3, batch_size=64, lr=1e-3)
     )
@@ -131,6 +136,9 @@ class GlimpseConfig:
     def __post_init__(self) -> None:
         # at most 4: the ink's margin in the 28x28 square
         check_augment_settings(self.augment, self.augment_shift, self.augment_p, max_shift=4)
+        if isinstance(self.val_clutterings, bool) or not isinstance(self.val_clutterings, int) \
+                or self.val_clutterings < 1:
+            raise ValueError(f"val_clutterings must be an int >= 1, got {self.val_clutterings!r}")
 
 
 # ----------------------------------------------------------------------------- models
@@ -510,6 +518,27 @@ def _fixed_set(dataset: str, split: str, canvas: int, distractors: int | None) -
     return cluttered_set(digits(dataset, split), canvas=canvas, distractors=distractors)
 
 
+def val_clutterings(config: GlimpseConfig, count: int,
+                    limit: int | None = None) -> ClutteredImages:
+    """``count`` more clutterings of the validation digits (fixed seeds 1001, 1002, ...): a
+    larger validation set, never the test digits, for selecting checkpoints and for comparing
+    localisation between runs. ``limit``: the first ``limit`` images of each cluttering."""
+    sets = [cluttered_set(digits(config.dataset, "val"), canvas=config.canvas,
+                          distractors=config.distractors, seed=1000 + i)
+            for i in range(1, count + 1)]
+    return _concat([d if limit is None else _head(d, limit) for d in sets])
+
+
+def _head(data: ClutteredImages, n: int) -> ClutteredImages:
+    return ClutteredImages(*(getattr(data, f)[:n] for f in
+                             ("images", "labels", "boxes", "digit", "distractor")))
+
+
+def _concat(sets: list[ClutteredImages]) -> ClutteredImages:
+    return ClutteredImages(*(torch.cat([getattr(d, f) for d in sets]) for f in
+                             ("images", "labels", "boxes", "digit", "distractor")))
+
+
 def _error(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(-1) != labels.to(logits.device)).float().mean())
 
@@ -549,9 +578,7 @@ class GlimpseExperiment(Experiment):
         n = config.eval_digits
         if n is None:
             return sets
-        return {s: ClutteredImages(*(getattr(d, f)[:n] for f in
-                                     ("images", "labels", "boxes", "digit", "distractor")))
-                for s, d in sets.items()}
+        return {s: _head(d, n) for s, d in sets.items()}
 
     def _stages(self, config: GlimpseConfig) -> list[str]:
         stages = [s for s, on in (("glimpse", config.glimpse), ("cnn", config.cnn),
@@ -570,12 +597,20 @@ class GlimpseExperiment(Experiment):
                                                         max_shift=config.augment_shift,
                                                         p=config.augment_p))
         val = self._sets(config)["val"]
-        vx, vy = val.float(), val.labels
+        n_val = len(val)
+        if config.val_clutterings > 1:
+            more = val_clutterings(config, config.val_clutterings - 1,
+                                   limit=config.eval_digits)
+            val = _concat([val, more])
+        vx, vy = val.float(), val.labels  # (V, 1, canvas, canvas), (V,): the fixed set first
 
         def validate(m: nn.Module) -> dict[str, float]:
             logits = _predict(m, vx, ctx.device, config.eval_batch)["logits"]
-            return {"val_loss": float(F.cross_entropy(logits, vy.to(logits.device))),
-                    "val_error": _error(logits, vy)}
+            out = {"val_loss": float(F.cross_entropy(logits, vy.to(logits.device))),
+                   "val_error": _error(logits, vy)}
+            if len(vy) > n_val:  # the fixed set's error alone, comparable with 1 cluttering
+                out["val_fixed_error"] = _error(logits[:n_val], vy[:n_val])
+            return out
 
         models, seconds = {}, {}
         for stage in self._stages(config):
