@@ -412,6 +412,8 @@ def test_val_clutterings_select_on_more_validation_images(tmp_path: Path,
     assert torch.equal(more.digit, fixed.digit[:12].repeat(2))
     assert not torch.equal(more.images[:12], fixed.images[:12])
     assert not torch.equal(more.images[:12], more.images[12:])
+    with pytest.raises(ValueError, match="count must be"):
+        val_clutterings(config, 0)
     for bad in ("val_clutterings=0", "val_clutterings=true", "val_clutterings=1.5"):
         with pytest.raises((ValueError, TypeError), match="val_clutterings"):
             run_experiment("glimpse", args + [bad], out=tmp_path / "bad", progress=False,

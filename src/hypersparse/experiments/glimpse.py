@@ -20,7 +20,7 @@ at it.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -523,20 +523,23 @@ def val_clutterings(config: GlimpseConfig, count: int,
     """``count`` more clutterings of the validation digits (fixed seeds 1001, 1002, ...): a
     larger validation set, never the test digits, for selecting checkpoints and for comparing
     localisation between runs. ``limit``: the first ``limit`` images of each cluttering."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be an int >= 1, got {count!r}")
     sets = [cluttered_set(digits(config.dataset, "val"), canvas=config.canvas,
                           distractors=config.distractors, seed=1000 + i)
             for i in range(1, count + 1)]
     return _concat([d if limit is None else _head(d, limit) for d in sets])
 
 
+_FIELDS = tuple(f.name for f in fields(ClutteredImages))
+
+
 def _head(data: ClutteredImages, n: int) -> ClutteredImages:
-    return ClutteredImages(*(getattr(data, f)[:n] for f in
-                             ("images", "labels", "boxes", "digit", "distractor")))
+    return ClutteredImages(*(getattr(data, f)[:n] for f in _FIELDS))
 
 
 def _concat(sets: list[ClutteredImages]) -> ClutteredImages:
-    return ClutteredImages(*(torch.cat([getattr(d, f) for d in sets]) for f in
-                             ("images", "labels", "boxes", "digit", "distractor")))
+    return ClutteredImages(*(torch.cat([getattr(d, f) for d in sets]) for f in _FIELDS))
 
 
 def _error(logits: Tensor, labels: Tensor) -> float:
