@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from hypersparse.data import ClutteredImages
 from hypersparse.experiments.common import batched
 from hypersparse.experiments.glimpse import (
     GlimpseConfig,
@@ -57,12 +56,6 @@ def load(run: Path, stage: str, checkpoint: str = "best") -> tuple[GlimpseConfig
     return config, model.eval()
 
 
-def clutterings(config: GlimpseConfig, count: int = 5) -> ClutteredImages:
-    """``count`` more clutterings of the validation digits (the experiment's
-    ``val_clutterings`` sets, seeds 1001, 1002, ...)."""
-    return val_clutterings(config, count)
-
-
 _CNN_CACHE: dict[tuple[Any, ...], torch.Tensor] = {}
 
 
@@ -73,7 +66,7 @@ def cnn_wrong(cnn_run: Path, split: str, config: GlimpseConfig) -> torch.Tensor:
     key = (cnn_run.resolve(), split, config.dataset, config.canvas, config.distractors)
     if key not in _CNN_CACHE:
         _, cnn = load(cnn_run, "cnn")
-        data = clutterings(config) if split == "val5" else \
+        data = val_clutterings(config, 5) if split == "val5" else \
             _fixed_set(config.dataset, split, config.canvas, config.distractors)
         _CNN_CACHE[key] = batched(cnn, data.float()).argmax(-1) != data.labels
     return _CNN_CACHE[key]
@@ -85,7 +78,7 @@ def breakdown(run: Path, cnn_run: Path | None, split: str,
     config, model = load(run, "glimpse", checkpoint)
     if not isinstance(model, GlimpseNet):
         raise TypeError("expected a GlimpseNet")
-    data = clutterings(config) if split == "val5" else \
+    data = val_clutterings(config, 5) if split == "val5" else \
         _fixed_set(config.dataset, split, config.canvas, config.distractors)
     x, labels = data.float(), data.labels
     read = [model.sampler.forward_with_boxes(x[i : i + 500])  # type: ignore[operator]

@@ -525,9 +525,9 @@ def val_clutterings(config: GlimpseConfig, count: int,
     localisation between runs. ``limit``: the first ``limit`` images of each cluttering."""
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be an int >= 1, got {count!r}")
-    sets = [cluttered_set(digits(config.dataset, "val"), canvas=config.canvas,
-                          distractors=config.distractors, seed=1000 + i)
-            for i in range(1, count + 1)]
+    val = digits(config.dataset, "val")
+    sets = [cluttered_set(val, canvas=config.canvas, distractors=config.distractors,
+                          seed=1000 + i) for i in range(1, count + 1)]
     return _concat([d if limit is None else _head(d, limit) for d in sets])
 
 
